@@ -1,0 +1,70 @@
+# aha-siem-forwarder: `make run` and `make test` are all a new machine needs (Python 3.11+ and make;
+# Java 17 and Maven for the Apache Kafka test broker).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The broker the tests run against: Apache Kafka from Maven Central jars (`tansu` where there is no JVM).
+KAFKA_KIND ?= kafka
+KAFKA_TEST_PORT ?= 19092
+KAFKA_TEST_STATE ?= .run/test-kafka
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test unit integration lint format bench kafka-up kafka-down clean
+
+help:
+	@echo "make run    - broker + ingest + worker + file sink on this machine (aha-siem dev)"
+	@echo "make test   - lint, then unit and integration tests against a real Apache Kafka"
+	@echo "make bench  - throughput benchmarks beside their baselines"
+	@echo "make lint   - ruff and mypy"
+	@echo "make kafka-up / kafka-down - the development broker on 127.0.0.1:9092"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	$(BIN)/aha-siem dev
+
+lint: venv
+	$(BIN)/ruff check forwarder tests bench
+	$(BIN)/ruff format --check forwarder tests bench
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format forwarder tests bench
+	$(BIN)/ruff check --fix forwarder tests bench
+
+# Starts a fresh test broker unless KAFKA_BOOTSTRAP names a cluster, runs every test, always stops it.
+test: lint
+	@set -e; started=""; \
+	if [ -z "$$KAFKA_BOOTSTRAP" ]; then \
+	  $(BIN)/aha-siem broker stop --state-dir $(KAFKA_TEST_STATE) >/dev/null; \
+	  rm -rf $(KAFKA_TEST_STATE); \
+	  $(BIN)/aha-siem broker start --state-dir $(KAFKA_TEST_STATE) --port $(KAFKA_TEST_PORT) --kind $(KAFKA_KIND); \
+	  KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_TEST_PORT); export KAFKA_BOOTSTRAP; started=1; \
+	fi; \
+	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ -n "$$started" ]; then $(BIN)/aha-siem broker stop --state-dir $(KAFKA_TEST_STATE); fi; \
+	exit $$status
+
+unit: venv
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m bench
+
+kafka-up: venv
+	$(BIN)/aha-siem broker start --state-dir .run/kafka --port 9092 --kind auto
+
+kafka-down: venv
+	$(BIN)/aha-siem broker stop --state-dir .run/kafka
+
+clean:
+	-$(BIN)/aha-siem broker stop --state-dir .run/kafka
+	-$(BIN)/aha-siem broker stop --state-dir $(KAFKA_TEST_STATE)
+	rm -rf .run $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""The `aha-siem` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from forwarder import __version__, logs
+from forwarder.config import Config, ConfigError, hash_token, load
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=os.environ.get("AHA_SIEM_CONFIG"),
+        help="YAML config file (default: $AHA_SIEM_CONFIG, else built-in defaults)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    logs.setup(config.log_level)
+    return config
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from forwarder.ingest.server import serve
+
+    serve(_load(args))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from forwarder.pipeline.worker import run
+
+    run(_load(args))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from forwarder.dev import run_dev
+
+    logs.setup("info")
+    return run_dev(
+        state_dir=args.state_dir,
+        base_config=args.config,
+        port=args.port,
+        broker_port=args.broker_port,
+        broker_kind=args.broker,
+    )
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load(args.file)
+    print(
+        f"{args.file}: ok ({len(config.ingest.tokens)} token(s), {len(config.sinks)} sink(s), "
+        f"bootstrap {config.kafka.bootstrap_servers})"
+    )
+    return 0
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    token = secrets.token_urlsafe(32)
+    print("# Put this under ingest.tokens; give Aha! the URL https://YOUR-HOST/v1/aha/<token>")
+    print(f"- name: {args.name}")
+    print(f"  sha256: {hash_token(token)}")
+    if args.account:
+        print(f"  account: {args.account}")
+    print(f"# token (shown once, stored nowhere): {token}")
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from forwarder.kafka_client import ensure_topics, project_topics
+
+    config = _load(args)
+    created = asyncio.run(ensure_topics(config))
+    for name in project_topics(config):
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from forwarder import devbroker
+
+    if args.action == "start":
+        info = devbroker.start(args.state_dir, port=args.port, kind=args.kind)
+        print(f"ready {info.kind} {info.bootstrap}" + (f" (log: {info.log_file})" if info.log_file else ""))
+    elif args.action == "stop":
+        print("stopped" if devbroker.stop(args.state_dir) else "not running")
+    else:
+        status = devbroker.status(args.state_dir)
+        if status is None:
+            print("not running")
+            return 1
+        print(f"running {status.kind} {status.bootstrap} pid {status.pid}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aha-siem", description="Forward Aha! Roadmaps audit webhooks to SIEMs through Kafka."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="run the webhook ingest shim (ASGI on uvicorn)")
+    _config_arg(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    worker = commands.add_parser("worker", help="run the Faust worker (normalize, sinks)")
+    _config_arg(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    dev = commands.add_parser(
+        "dev", help="run broker, ingest and worker with a file sink on this machine"
+    )
+    _config_arg(dev)
+    dev.add_argument("--state-dir", type=Path, default=Path(".run/dev"), help="where dev keeps its state")
+    dev.add_argument("--port", type=int, default=8080, help="ingest port")
+    dev.add_argument("--broker-port", type=int, default=9092, help="embedded broker port")
+    dev.add_argument(
+        "--broker", choices=["auto", "kafka", "tansu"], default="auto", help="embedded broker kind"
+    )
+    dev.set_defaults(func=cmd_dev)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a config file (and AHA_SIEM_* env)")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_config_check)
+
+    token = commands.add_parser("token", help="webhook tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new = token_commands.add_parser("new", help="make a token and the config entry with its hash")
+    new.add_argument("name")
+    new.add_argument("--account", help="Aha! account name (organization.name)")
+    new.set_defaults(func=cmd_token_new)
+
+    topics = commands.add_parser("topics", help="Kafka topics")
+    topics_commands = topics.add_subparsers(dest="topics_command", required=True)
+    create = topics_commands.add_parser("create", help="create the project's topics if missing")
+    _config_arg(create)
+    create.set_defaults(func=cmd_topics_create)
+
+    broker = commands.add_parser("broker", help="the embedded development broker")
+    broker.add_argument("action", choices=["start", "stop", "status"])
+    broker.add_argument("--state-dir", type=Path, default=Path(".run/kafka"))
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--kind", choices=["auto", "kafka", "tansu"], default="auto")
+    broker.set_defaults(func=cmd_broker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `aha-siem`."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as error:
+        print(f"aha-siem: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,235 @@
+"""Configuration: one YAML file plus ``AHA_SIEM_*`` environment overrides, validated into frozen models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "AHA_SIEM_"
+ENV_NESTING = "__"
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names every offending key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list; the environment variable KAFKA_BOOTSTRAP overrides it."""
+    client_id: str = "aha-siem"
+    """Client id sent to the brokers (suffixed with the process role)."""
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a metadata or admin request may take."""
+
+
+class TopicsConfig(_Model):
+    raw: str = "aha.audit.raw"
+    """Webhook bodies exactly as received."""
+    invalid: str = "aha.audit.invalid"
+    """Bodies that failed validation, with the reason in the `error` header."""
+    events: str = "aha.audit.events"
+    """Normalized ECS events: the contract for downstream consumers."""
+    dlq_prefix: str = "aha.audit.dlq."
+    """Dead-letter topics are this prefix plus the sink name."""
+    partitions: int = Field(default=8, ge=1, le=10_000)
+    """Partitions of every topic the project creates."""
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    """Replication factor of every topic the project creates, Faust's internal topics included."""
+
+    @field_validator("raw", "invalid", "events")
+    @classmethod
+    def _legal_topic(cls, value: str) -> str:
+        if not _TOPIC_NAME.match(value):
+            raise ValueError("a Kafka topic name is 1-249 characters of [A-Za-z0-9._-]")
+        return value
+
+
+class TokenConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """Name of the token; travels with every body as the `token-id` header and becomes `organization.id`."""
+    sha256: str
+    """Hex SHA-256 of the token (`aha-siem token new NAME` prints one); the token itself is never stored."""
+    account: str | None = None
+    """Aha! account (the `acme` of acme.aha.io); becomes `organization.name`."""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _SHA256_HEX.match(value):
+            raise ValueError("must be 64 hex characters: the SHA-256 of the token, not the token")
+        return value
+
+
+class IngestConfig(_Model):
+    host: str = "0.0.0.0"
+    """Address the webhook listener binds to."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Port of the webhook listener (also serves /healthz, /readyz and /metrics)."""
+    tokens: tuple[TokenConfig, ...] = ()
+    """Accepted webhook tokens; Aha!'s Hook URL is https://HOST/v1/aha/TOKEN."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Larger bodies are answered 413."""
+    produce_timeout_seconds: float = Field(default=2.0, gt=0, lt=5)
+    """Longest wait for the Kafka ack before answering; Aha! gives up after 5 s."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IngestConfig:
+        names = [token.name for token in self.tokens]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"token names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+class WorkerConfig(_Model):
+    app_id: str = "aha-siem-worker"
+    """Faust application id: the consumer group and the prefix of its internal topics."""
+    data_dir: Path = Path(".run/worker")
+    """Local state of this worker process (one per process)."""
+    metrics_host: str = "0.0.0.0"
+    """Address of the worker's /metrics listener."""
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    """Port of the worker's /metrics listener; 0 disables it."""
+    include_original: bool = False
+    """Copy the raw body into `event.original` (larger events, full fidelity)."""
+
+
+class FileSinkConfig(_Model):
+    type: Literal["file"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    """Sink name: used in metrics, consumer group and DLQ topic names."""
+    path: Path
+    """NDJSON file the events are appended to."""
+    batch_max_events: int = Field(default=500, ge=1)
+    """Largest batch written (and fsync'd) at once."""
+    batch_max_seconds: float = Field(default=0.5, gt=0)
+    """Longest time an event waits for its batch to fill."""
+    fsync: bool = True
+    """fsync after every batch before acknowledging it."""
+
+
+SinkConfig = Annotated[FileSinkConfig, Field(discriminator="type")]
+
+
+class Config(_Model):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the JSON log lines written to stderr."""
+    kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
+    ingest: IngestConfig = IngestConfig()
+    worker: WorkerConfig = WorkerConfig()
+    sinks: tuple[SinkConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_sinks(self) -> Config:
+        names = [sink.name for sink in self.sinks]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"sink names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def token_accounts(self) -> dict[str, str | None]:
+        """Token name -> Aha! account, for `organization.*`."""
+        return {token.name: token.account for token in self.ingest.tokens}
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 under which a token is configured."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _parse_env_value(raw: str) -> Any:
+    # YAML scalars give env values the same typing as the file: 8 -> int, true -> bool.
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
+    node: Any = tree
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{origin}: no list item {part!r} to override")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: {'.'.join(path[:depth])} is not a mapping")
+        if last:
+            node[part] = value
+            return
+        node = node.setdefault(part, {})
+
+
+def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``AHA_SIEM_A__B=value`` (and ``KAFKA_BOOTSTRAP``) onto a config tree."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in _NOT_CONFIG_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
+        if not all(path):
+            raise ConfigError(f"{name}: empty key segment")
+        _set_path(tree, path, _parse_env_value(environ[name]), name)
+    if environ.get("KAFKA_BOOTSTRAP"):
+        tree.setdefault("kafka", {})["bootstrap_servers"] = environ["KAFKA_BOOTSTRAP"]
+    return tree
+
+
+# Variables with the prefix that steer tooling rather than configure a process.
+_NOT_CONFIG_ENV = frozenset({"AHA_SIEM_CONFIG", "AHA_SIEM_CACHE", "AHA_SIEM_KAFKA_VERSION"})
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse(tree: Mapping[str, Any], *, source: str = "config") -> Config:
+    """Validate a config tree, raising ConfigError that names each bad key."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration in {source}:\n{_format_errors(error)}") from None
+
+
+def load(path: Path | str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (or nothing), apply the environment, validate."""
+    environ = os.environ if environ is None else environ
+    tree: Any = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return parse(apply_env(tree, environ), source=source)

@@ -1,0 +1,117 @@
+"""Kafka plumbing shared by the processes: the durable producer and explicit topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from forwarder.config import Config
+
+log = logging.getLogger("forwarder.kafka")
+
+
+def project_topics(config: Config) -> list[str]:
+    """Every topic the project itself creates (Faust creates its own internal ones)."""
+    topics = config.topics
+    names = [topics.raw, topics.invalid, topics.events]
+    names += [f"{topics.dlq_prefix}{sink.name}" for sink in config.sinks]
+    return names
+
+
+async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
+    """Create missing project topics with the configured partitions and replication factor.
+
+    Returns the names that were created. Retries while the cluster is still coming up.
+    """
+    wanted = project_topics(config)
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=config.kafka.bootstrap_servers,
+            client_id=f"{config.kafka.client_id}-admin",
+            request_timeout_ms=int(config.kafka.request_timeout_seconds * 1000),
+        )
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [name for name in wanted if name not in existing]
+            if missing:
+                new = [
+                    NewTopic(
+                        name,
+                        num_partitions=config.topics.partitions,
+                        replication_factor=config.topics.replication_factor,
+                    )
+                    for name in missing
+                ]
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass  # another process created them between list and create
+                log.info("created topics", extra={"topics": missing})
+            return missing
+        except Exception as error:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for Kafka to create topics", extra={"error": repr(error)})
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
+
+
+class KafkaBodyProducer:
+    """Idempotent, acks=all producer: `send` returns once the brokers have the record."""
+
+    def __init__(self, config: Config, role: str) -> None:
+        self._config = config
+        self._role = role
+        self._producer: AIOKafkaProducer | None = None
+        self._ready_cache: tuple[float, bool] = (0.0, False)
+
+    async def start(self) -> None:
+        """Connect; creates the project's topics first if they are missing."""
+        await ensure_topics(self._config)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._config.kafka.bootstrap_servers,
+            client_id=f"{self._config.kafka.client_id}-{self._role}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=int(self._config.kafka.request_timeout_seconds * 1000),
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush what is in flight and disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Produce one record and wait for its acknowledgement."""
+        if self._producer is None:
+            raise RuntimeError("producer not started")
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+
+    async def ready(self) -> bool:
+        """Whether the cluster answered a metadata request in the last second."""
+        checked_at, ready = self._ready_cache
+        if time.monotonic() - checked_at < 1.0:
+            return ready
+        ready = False
+        if self._producer is not None:
+            try:
+                ready = bool(
+                    await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 2.0)
+                )
+            except Exception:
+                ready = False
+        self._ready_cache = (time.monotonic(), ready)
+        return ready

@@ -1,0 +1,105 @@
+"""Prometheus metrics: created once per process from a registry that is passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class IngestMetrics:
+    """Metrics of the webhook ingest shim."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "aha_siem_ingest_requests_total",
+            "HTTP requests answered, by route and status code.",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "aha_siem_ingest_request_duration_seconds",
+            "Time from the request's arrival to its answer, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.received_bytes = Counter(
+            "aha_siem_ingest_received_bytes_total",
+            "Bytes of webhook bodies received.",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "aha_siem_ingest_rejected_total",
+            "Webhook requests not accepted, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.produce_duration = Histogram(
+            "aha_siem_ingest_kafka_produce_duration_seconds",
+            "Time until Kafka acknowledged a produced body, by topic.",
+            ["topic"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.produce_errors = Counter(
+            "aha_siem_ingest_kafka_produce_errors_total",
+            "Bodies Kafka did not acknowledge in time, by topic.",
+            ["topic"],
+            registry=registry,
+        )
+
+
+class WorkerMetrics:
+    """Metrics of the normalizing worker and its sinks."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events_in = Counter(
+            "aha_siem_worker_events_in_total",
+            "Raw bodies consumed from the raw topic.",
+            registry=registry,
+        )
+        self.events_out = Counter(
+            "aha_siem_worker_events_out_total",
+            "Normalized events produced to the events topic, by `event.dataset` kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.normalize_errors = Counter(
+            "aha_siem_worker_normalize_errors_total",
+            "Raw bodies that could not be normalized (shipped as a generic event), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.sink_events = Counter(
+            "aha_siem_sink_events_sent_total",
+            "Events a sink's destination acknowledged, by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_retries = Counter(
+            "aha_siem_sink_retries_total",
+            "Batches a sink retried after a failure, by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_batch_duration = Histogram(
+            "aha_siem_sink_send_duration_seconds",
+            "Time to deliver one batch, by sink.",
+            ["sink"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.sink_up = Gauge(
+            "aha_siem_sink_up",
+            "1 when the sink's last delivery or healthcheck succeeded, else 0.",
+            ["sink"],
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "aha_siem_sink_end_to_end_seconds",
+            "Time from the webhook's arrival at the ingest to the sink's acknowledgement, by sink.",
+            ["sink"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )

@@ -1,0 +1,1 @@
+"""The Faust worker: normalization, dedupe and sink agents."""

@@ -1,0 +1,199 @@
+"""Turn one raw webhook body into one canonical ECS event (a plain dict, ready for orjson)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+ECS_VERSION = "8.17.0"
+DATASET = "aha.audit"
+
+# Record types whose changes are identity and access management rather than configuration.
+_IAM_TYPES = frozenset({"user", "role", "permission", "account_user", "project_user", "user_role"})
+_ACTION_TYPES = {"create": "creation", "update": "change", "destroy": "deletion"}
+_ARROW = "\u2192"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the ingest recorded about a body in the raw record's headers."""
+
+    received_at: str | None = None
+    source: str | None = None
+    source_ip: str | None = None
+    token_id: str | None = None
+    body_sha256: str | None = None
+    account: str | None = None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _user(raw: Any) -> dict[str, str] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    user = {key: _text(raw.get(key)) for key in ("id", "name", "email")}
+    return {key: value for key, value in user.items() if value} or None
+
+
+def _change(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        return {"field_name": None, "value": _text(raw)}
+    value = raw.get("value")
+    change: dict[str, Any] = {"field_name": _text(raw.get("field_name")), "value": value}
+    if isinstance(value, str) and ("&" in value or "<" in value):
+        change["value_text"] = html.unescape(value)
+    text = change.get("value_text", value)
+    if isinstance(text, str) and f" {_ARROW} " in text:
+        old, _, new = text.partition(f" {_ARROW} ")
+        change["old"], change["new"] = old, new
+    return change
+
+
+def _items(value: Any) -> list[Any]:
+    """A list field as a list; a lone value as one item (kept, never dropped); null as none."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _related_users(users: list[dict[str, str]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for user in users:
+        for key in ("id", "name", "email"):
+            if user.get(key):
+                seen.setdefault(user[key], None)
+    return list(seen)
+
+
+def _base(provenance: Provenance, now: str) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "kind": "event",
+        "outcome": "success",
+        "dataset": DATASET,
+        "module": "aha",
+        "provider": "aha-roadmaps",
+        "created": now,
+    }
+    if provenance.body_sha256:
+        event["hash"] = provenance.body_sha256
+    doc: dict[str, Any] = {"ecs": {"version": ECS_VERSION}, "event": event}
+    if provenance.token_id:
+        doc["organization"] = {"id": provenance.token_id}
+        if provenance.account:
+            doc["organization"]["name"] = provenance.account
+    doc["observer"] = {"vendor": "Aha!", "product": "Aha! Roadmaps", "type": "saas"}
+    return doc
+
+
+def _ingest_info(provenance: Provenance) -> dict[str, Any]:
+    info = {
+        "received_at": provenance.received_at,
+        "source": provenance.source,
+        "token_id": provenance.token_id,
+    }
+    return {key: value for key, value in info.items() if value}
+
+
+def normalize(
+    body: Mapping[str, Any],
+    provenance: Provenance,
+    *,
+    now: str,
+    original: bytes | None = None,
+) -> dict[str, Any]:
+    """The ECS event for one parsed webhook body. Unknown event types are kept whole."""
+    event_type = _text(body.get("event")) or "unknown"
+    inner = body.get(event_type)
+    inner = inner if isinstance(inner, Mapping) else {}
+    doc = _base(provenance, now)
+    event = doc["event"]
+    if original is not None:
+        event["original"] = original.decode("utf-8", "replace")
+    timestamp = _text(inner.get("created_at")) or provenance.received_at or now
+    if event_type == "audit":
+        _audit(doc, inner)
+    else:
+        _generic(doc, event_type, inner)
+    doc["@timestamp"] = timestamp
+    doc["aha"]["ingest"] = _ingest_info(provenance)
+    return doc
+
+
+def _audit(doc: dict[str, Any], audit: Mapping[str, Any]) -> None:
+    event = doc["event"]
+    action = _text(audit.get("audit_action")) or "unknown"
+    record_type = _text(audit.get("auditable_type")) or "unknown"
+    if audit.get("id") is not None:
+        event["id"] = _text(audit.get("id"))
+    event["action"] = f"{record_type.replace('/', '-').replace('_', '-')}-{action}"
+    event["category"] = ["iam"] if record_type in _IAM_TYPES else ["configuration"]
+    event["type"] = [_ACTION_TYPES.get(action, "info")]
+    description = _text(audit.get("description"))
+    if description:
+        doc["message"] = description
+    author = _user(audit.get("user"))
+    contributors = [
+        user for user in (_user(raw) for raw in _items(audit.get("contributors"))) if user
+    ]
+    if author:
+        doc["user"] = author
+    related = _related_users(([author] if author else []) + contributors)
+    if related:
+        doc["related"] = {"user": related}
+    url = _text(audit.get("auditable_url"))
+    if url:
+        doc["url"] = {"full": url}
+    associated = None
+    if audit.get("associated_type") or audit.get("associated_id"):
+        associated = {
+            "type": _text(audit.get("associated_type")),
+            "id": _text(audit.get("associated_id")),
+        }
+    doc["aha"] = {
+        "event": "audit",
+        "audit": {
+            "id": _text(audit.get("id")),
+            "action": action,
+            "interesting": bool(audit.get("interesting", False)),
+            "auditable": {"type": record_type, "id": _text(audit.get("auditable_id"))},
+            "associated": associated,
+            "contributors": contributors,
+            "changes": [_change(raw) for raw in _items(audit.get("changes"))],
+        },
+    }
+
+
+def _generic(doc: dict[str, Any], event_type: str, inner: Mapping[str, Any]) -> None:
+    event = doc["event"]
+    if inner.get("id") is not None:
+        event["id"] = _text(inner.get("id"))
+    action = _text(inner.get("action"))
+    event["action"] = f"{event_type}-{action}" if action else event_type
+    user = _user(inner.get("user"))
+    if user:
+        doc["user"] = user
+        doc["related"] = {"user": _related_users([user])}
+    doc["message"] = f"Aha! {event_type} event" + (f" {action}" if action else "")
+    doc["aha"] = {"event": event_type, event_type: dict(inner)}
+
+
+def normalize_raw(
+    raw: bytes, provenance: Provenance, *, now: str, include_original: bool = False
+) -> dict[str, Any]:
+    """Normalize raw bytes from the raw topic; bytes that are not a webhook become a generic event."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, Mapping):
+        # The ingest validates bodies, so this is a record produced by someone else: keep it.
+        body = {"event": "unparsed", "unparsed": {"raw": raw.decode("utf-8", "replace")}}
+    return normalize(body, provenance, now=now, original=raw if include_original else None)

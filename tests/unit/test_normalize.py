@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import hashlib
+import json
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from forwarder.pipeline.normalize import ECS_VERSION, Provenance, normalize, normalize_raw
+from tests.helpers import SAMPLES, SHARED_EXAMPLE, sample_paths
+
+NOW = "2026-11-27T14:10:13.052Z"
+
+
+def provenance_for(raw: bytes) -> Provenance:
+    return Provenance(
+        received_at="2026-11-27T14:10:12.990Z",
+        source="webhook",
+        source_ip="198.51.100.7",
+        token_id="acme-prod",
+        body_sha256=hashlib.sha256(raw).hexdigest(),
+        account="acme",
+    )
+
+
+def normalized(name: str) -> dict:
+    raw = (SAMPLES / name).read_bytes()
+    return normalize_raw(raw, provenance_for(raw), now=NOW)
+
+
+@pytest.mark.skipif(not SHARED_EXAMPLE.exists(), reason="shared example not beside the checkout")
+def test_feature_update_matches_the_documented_example_event() -> None:
+    expected = json.loads(SHARED_EXAMPLE.read_text())
+    expected.pop("_comment")
+    expected["event"]["hash"] = hashlib.sha256((SAMPLES / "feature_update_status.json").read_bytes()).hexdigest()
+    assert normalized("feature_update_status.json") == expected
+
+
+def test_every_sample_normalizes_with_the_ecs_basics() -> None:
+    for path in sample_paths():
+        raw = path.read_bytes()
+        body = orjson.loads(raw)
+        doc = normalize_raw(raw, provenance_for(raw), now=NOW)
+        inner = body[body["event"]]
+        assert doc["ecs"] == {"version": ECS_VERSION}, path.name
+        assert doc["@timestamp"] == inner["created_at"], path.name
+        assert doc["event"]["id"] == inner["id"], path.name
+        assert doc["event"]["hash"] == hashlib.sha256(raw).hexdigest(), path.name
+        assert doc["organization"] == {"id": "acme-prod", "name": "acme"}, path.name
+        assert doc["aha"]["event"] == body["event"], path.name
+        orjson.dumps(doc)  # serializable as is
+
+
+def test_null_user_yields_no_user_and_no_related() -> None:
+    doc = normalized("comment_create_null_user.json")
+    assert "user" not in doc
+    assert "related" not in doc
+    assert doc["aha"]["audit"]["associated"] == {"type": "feature", "id": "7712852070702501001"}
+    assert doc["event"]["type"] == ["creation"]
+
+
+def test_destroy_is_a_deletion_without_url() -> None:
+    doc = normalized("release_destroy.json")
+    assert doc["event"]["type"] == ["deletion"]
+    assert doc["event"]["action"] == "release-destroy"
+    assert "url" not in doc
+
+
+def test_integer_values_are_kept_as_numbers() -> None:
+    changes = normalized("requirement_estimate_integer.json")["aha"]["audit"]["changes"]
+    assert changes[0] == {"field_name": "Estimate", "value": 5}
+
+
+def test_namespaced_record_type_makes_a_clean_action() -> None:
+    doc = normalized("idea_endorsement_create.json")
+    assert doc["event"]["action"] == "ideas-idea-endorsement-create"
+    assert doc["aha"]["audit"]["auditable"]["type"] == "ideas/idea_endorsement"
+
+
+def test_collated_audit_lists_every_contributor_in_related_user() -> None:
+    doc = normalized("collation/collated_new_id.json")
+    assert doc["related"]["user"] == [
+        "6514078897796815681",
+        "Priya Menon",
+        "priya.menon@example.com",
+        "6514079921178334209",
+        "Jonas Düring",
+        "jonas.during@example.com",
+    ]
+    assert len(doc["aha"]["audit"]["contributors"]) == 2
+
+
+def test_unknown_event_type_is_kept_whole() -> None:
+    raw = (SAMPLES / "security_event_unknown_type.json").read_bytes()
+    doc = normalize_raw(raw, provenance_for(raw), now=NOW)
+    assert doc["aha"]["event"] == "security"
+    assert doc["aha"]["security"] == orjson.loads(raw)["security"]
+    assert doc["event"]["action"] == "security-user.login_failed"
+    assert doc["user"]["email"] == "priya.menon@example.com"
+
+
+def test_bytes_that_are_not_a_webhook_are_shipped_not_dropped() -> None:
+    doc = normalize_raw(b"\xff garbage", Provenance(received_at=NOW), now=NOW, include_original=True)
+    assert doc["aha"]["event"] == "unparsed"
+    assert doc["@timestamp"] == NOW
+    assert "garbage" in doc["event"]["original"]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "audit_action", "user", "changes", "contributors", "created_at", "auditable_type"]),
+        st.one_of(st.none(), st.integers(), st.text(), st.lists(st.one_of(st.none(), st.text(), st.integers()))),
+    )
+)
+def test_any_shape_of_audit_normalizes_without_raising(audit: dict) -> None:
+    doc = normalize({"event": "audit", "audit": audit}, Provenance(), now=NOW)
+    orjson.dumps(doc)
+    assert doc["event"]["kind"] == "event"
+
+
+def test_a_lone_change_that_is_not_a_list_is_kept() -> None:
+    doc = normalize({"event": "audit", "audit": {"changes": {"field_name": "Name", "value": "x"}}}, Provenance(), now=NOW)
+    assert doc["aha"]["audit"]["changes"] == [{"field_name": "Name", "value": "x"}]
