@@ -84,7 +84,8 @@ def _base(provenance: Provenance, now: str) -> dict[str, Any]:
     }
     if provenance.body_sha256:
         event["hash"] = provenance.body_sha256
-    doc: dict[str, Any] = {"ecs": {"version": ECS_VERSION}, "event": event}
+    # "@timestamp" first: a reader of the raw line sees when before what.
+    doc: dict[str, Any] = {"@timestamp": now, "ecs": {"version": ECS_VERSION}, "event": event}
     if provenance.token_id:
         doc["organization"] = {"id": provenance.token_id}
         if provenance.account:

@@ -1,0 +1,92 @@
+"""Every sample body over HTTP, back as ECS events from Kafka and from the file sink."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import httpx
+import orjson
+import pytest
+
+from forwarder.records import record_key
+from tests.helpers import sample_paths
+from tests.integration.conftest import Stack
+from tests.integration.kafka_io import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for_lines(path, expected: int, timeout: float = 60.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    lines: list[bytes] = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_bytes().splitlines()
+            if len(lines) >= expected:
+                break
+        time.sleep(0.2)
+    return [orjson.loads(line) for line in lines]
+
+
+async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(stack: Stack, kafka_bootstrap: str) -> None:
+    bodies = {path.name: path.read_bytes() for path in sample_paths()}
+    async with httpx.AsyncClient() as client:
+        for name, body in bodies.items():
+            response = await client.post(
+                stack.webhook_url(), content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 202, (name, response.text)
+
+    by_hash = {hashlib.sha256(body).hexdigest(): (name, body) for name, body in bodies.items()}
+    topics = stack.config.topics
+
+    raw = await read_topic(kafka_bootstrap, topics.raw, len(bodies))
+    assert sorted(record.value for record in raw) == sorted(bodies.values())
+    for record in raw:
+        name, body = by_hash[record.headers["body-sha256"]]
+        assert record.key == record_key(orjson.loads(body), record.headers["body-sha256"]), name
+        assert record.headers["source"] == "webhook"
+        assert record.headers["token-id"] == "acme-prod"
+        assert record.headers["source-ip"] == "127.0.0.1"
+
+    events = await read_topic(kafka_bootstrap, topics.events, len(bodies))
+    assert len(events) == len(bodies)
+    shipped = {}
+    for record in events:
+        doc = orjson.loads(record.value)
+        name, body = by_hash[doc["event"]["hash"]]
+        parsed = orjson.loads(body)
+        inner = parsed[parsed["event"]]
+        assert record.key == record_key(parsed, doc["event"]["hash"]), name
+        assert doc["@timestamp"] == inner["created_at"], name
+        assert doc["event"]["id"] == inner["id"], name
+        assert doc["organization"] == {"id": "acme-prod", "name": "acme"}, name
+        assert doc["aha"]["ingest"]["source"] == "webhook", name
+        assert record.headers["received-at"] == doc["aha"]["ingest"]["received_at"], name
+        shipped[doc["event"]["hash"]] = doc
+    assert set(shipped) == set(by_hash)
+
+    lines = wait_for_lines(stack.events_file, len(bodies))
+    assert {line["event"]["hash"]: line for line in lines} == shipped
+
+    metrics = httpx.get(stack.metrics_url).text
+    assert f'aha_siem_sink_events_sent_total{{sink="file"}} {float(len(bodies))}' in metrics
+
+
+async def test_rejected_webhooks_get_json_errors_and_invalid_bodies_are_kept(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    async with httpx.AsyncClient() as client:
+        unauthorized = await client.post(stack.webhook_url("not-the-token"), content=b"{}")
+        invalid = await client.post(stack.webhook_url(), content=b'{"event": "audit"}')
+    assert unauthorized.status_code == 401
+    assert unauthorized.json()["error"] == "unauthorized"
+    assert invalid.status_code == 400
+    assert "object under `audit`" in invalid.json()["message"]
+    [kept] = await read_topic(kafka_bootstrap, stack.config.topics.invalid, 1)
+    assert kept.value == b'{"event": "audit"}'
+    assert "object under `audit`" in kept.headers["error"]
+    # The token reaches no log line.
+    for path in stack.logs.values():
+        assert stack.token not in path.read_text()
