@@ -51,6 +51,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         base_config=args.config,
         port=args.port,
+        metrics_port=args.metrics_port,
         broker_port=args.broker_port,
         broker_kind=args.broker,
     )
@@ -91,7 +92,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     if args.action == "start":
         info = devbroker.start(args.state_dir, port=args.port, kind=args.kind)
-        print(f"ready {info.kind} {info.bootstrap}" + (f" (log: {info.log_file})" if info.log_file else ""))
+        print(
+            f"ready {info.kind} {info.bootstrap}"
+            + (f" (log: {info.log_file})" if info.log_file else "")
+        )
     elif args.action == "stop":
         print("stopped" if devbroker.stop(args.state_dir) else "not running")
     else:
@@ -122,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="run broker, ingest and worker with a file sink on this machine"
     )
     _config_arg(dev)
-    dev.add_argument("--state-dir", type=Path, default=Path(".run/dev"), help="where dev keeps its state")
+    dev.add_argument(
+        "--state-dir", type=Path, default=Path(".run/dev"), help="where dev keeps its state"
+    )
     dev.add_argument("--port", type=int, default=8080, help="ingest port")
+    dev.add_argument("--metrics-port", type=int, default=9108, help="worker /metrics port")
     dev.add_argument("--broker-port", type=int, default=9092, help="embedded broker port")
     dev.add_argument(
         "--broker", choices=["auto", "kafka", "tansu"], default="auto", help="embedded broker kind"

@@ -37,7 +37,10 @@ class _Child:
     def start(self) -> None:
         with open(self.log_file, "ab") as output:
             self.process = subprocess.Popen(self.argv, stdout=output, stderr=subprocess.STDOUT)
-        log.info("started", extra={"process": self.name, "pid": self.process.pid, "log": str(self.log_file)})
+        log.info(
+            "started",
+            extra={"child": self.name, "pid": self.process.pid, "log": str(self.log_file)},
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -46,7 +49,7 @@ class _Child:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("did not stop in time, killing", extra={"process": self.name})
+            log.warning("did not stop in time, killing", extra={"child": self.name})
             self.process.kill()
             self.process.wait()
 
@@ -63,7 +66,12 @@ def dev_token(state_dir: Path) -> str:
 
 
 def dev_config(
-    state_dir: Path, base_config: Path | None, bootstrap: str, port: int, token: str
+    state_dir: Path,
+    base_config: Path | None,
+    bootstrap: str,
+    port: int,
+    metrics_port: int,
+    token: str,
 ) -> dict[str, Any]:
     """The config tree dev runs with: the base config plus the dev broker, token and file sink."""
     base = load(base_config) if base_config else parse({})
@@ -74,7 +82,7 @@ def dev_config(
         port=port,
         tokens=[{"name": "dev", "sha256": hash_token(token), "account": "dev"}],
     )
-    tree["worker"].update(data_dir=str(state_dir / "worker"), metrics_port=9108)
+    tree["worker"].update(data_dir=str(state_dir / "worker"), metrics_port=metrics_port)
     tree["sinks"] = [{"type": "file", "name": "file", "path": str(state_dir / "events.ndjson")}]
     return tree
 
@@ -82,7 +90,9 @@ def dev_config(
 def _wait_ready(url: str, children: list[_Child], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(child.process is not None and child.process.poll() is not None for child in children):
+        if any(
+            child.process is not None and child.process.poll() is not None for child in children
+        ):
             return False
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
@@ -94,7 +104,7 @@ def _wait_ready(url: str, children: list[_Child], timeout: float) -> bool:
     return False
 
 
-def _banner(port: int, token: str, events_file: Path) -> str:
+def _banner(port: int, metrics_port: int, token: str, events_file: Path) -> str:
     sample = SAMPLES / "feature_update_status.json"
     return (
         "\naha-siem dev is up: broker, ingest and worker are running.\n"
@@ -103,7 +113,7 @@ def _banner(port: int, token: str, events_file: Path) -> str:
         f"    --data-binary @{sample} \\\n"
         f"    http://127.0.0.1:{port}/v1/aha/{token}\n\n"
         f"and watch the ECS event arrive in the file sink:\n\n  tail -f {events_file}\n\n"
-        f"Metrics: http://127.0.0.1:{port}/metrics (ingest), http://127.0.0.1:9108/metrics (worker).\n"
+        f"Metrics: http://127.0.0.1:{port}/metrics (ingest), http://127.0.0.1:{metrics_port}/metrics (worker).\n"
         "Press Ctrl-C to stop everything.\n"
     )
 
@@ -113,6 +123,7 @@ def run_dev(
     state_dir: Path,
     base_config: Path | None,
     port: int,
+    metrics_port: int,
     broker_port: int,
     broker_kind: str,
 ) -> int:
@@ -134,7 +145,10 @@ def run_dev(
     token = dev_token(state_dir)
     config_path = state_dir / "config.yaml"
     config_path.write_text(
-        yaml.safe_dump(dev_config(state_dir, base_config, broker.bootstrap, port, token), sort_keys=False)
+        yaml.safe_dump(
+            dev_config(state_dir, base_config, broker.bootstrap, port, metrics_port, token),
+            sort_keys=False,
+        )
     )
     command = [sys.executable, "-m", "forwarder"]
     children = [
@@ -146,9 +160,11 @@ def run_dev(
         for child in children:
             child.start()
         if _wait_ready(f"http://127.0.0.1:{port}/readyz", children, timeout=60):
-            print(_banner(port, token, state_dir / "events.ndjson"), flush=True)
+            print(_banner(port, metrics_port, token, state_dir / "events.ndjson"), flush=True)
         elif not stopping:
-            log.error("ingest did not become ready; see its log", extra={"log": str(children[0].log_file)})
+            log.error(
+                "ingest did not become ready; see its log", extra={"log": str(children[0].log_file)}
+            )
             exit_code = 1
             stopping = True
         while not stopping:
@@ -161,10 +177,13 @@ def run_dev(
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < 60] + [now]
                 if len(child.restarts) > _RESTARTS_PER_MINUTE:
-                    log.error("restarting too often, giving up", extra={"process": child.name, "exit_code": code})
+                    log.error(
+                        "restarting too often, giving up",
+                        extra={"child": child.name, "exit_code": code},
+                    )
                     exit_code, stopping = 1, True
                     break
-                log.warning("exited, restarting", extra={"process": child.name, "exit_code": code})
+                log.warning("exited, restarting", extra={"child": child.name, "exit_code": code})
                 child.start()
     finally:
         for child in children:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -49,10 +50,9 @@ async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
                     )
                     for name in missing
                 ]
-                try:
+                # Another process may create them between list and create.
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
-                except TopicAlreadyExistsError:
-                    pass  # another process created them between list and create
                 log.info("created topics", extra={"topics": missing})
             return missing
         except Exception as error:

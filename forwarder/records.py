@@ -21,7 +21,9 @@ def utc_now_iso() -> str:
 
 def iso_millis(moment: datetime) -> str:
     """A timezone-aware datetime as ISO-8601 UTC with milliseconds and `Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def record_key(body: Mapping[str, Any], body_sha256: str) -> bytes:

@@ -30,7 +30,9 @@ class RecordingProducer:
     async def stop(self) -> None:
         self.started = False
 
-    async def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]) -> None:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
         if self.fail is not None:
             raise self.fail
         self.sent.append((topic, value, key, {name: raw.decode() for name, raw in headers}))

@@ -106,7 +106,9 @@ def start(
         _write_state(state_dir, state)
         logs = sorted({log_file, console})
         try:
-            _wait_ready(bootstrap, timeout, pid=pid, log_files=logs, what=f"{state['kind']} on {bootstrap}")
+            _wait_ready(
+                bootstrap, timeout, pid=pid, log_files=logs, what=f"{state['kind']} on {bootstrap}"
+            )
         except BrokerError:
             # A broker that never became ready must not linger holding the ports.
             _terminate(pid, state.get("proc_start"), grace=10.0)
@@ -138,7 +140,9 @@ def status(state_dir: Path) -> BrokerInfo | None:
     state = _read_live_state(Path(state_dir).resolve())
     if state is None:
         return None
-    return BrokerInfo(str(state["kind"]), str(state["bootstrap"]), int(state["pid"]), Path(state["log_file"]))
+    return BrokerInfo(
+        str(state["kind"]), str(state["bootstrap"]), int(state["pid"]), Path(state["log_file"])
+    )
 
 
 def free_port(pair: bool = True) -> int:
@@ -170,16 +174,28 @@ def _choose_kind(kind: str) -> str:
     )
 
 
-def _reuse(state_dir: Path, state: dict[str, object], *, port: int, kind: str, timeout: float) -> BrokerInfo:
+def _reuse(
+    state_dir: Path, state: dict[str, object], *, port: int, kind: str, timeout: float
+) -> BrokerInfo:
     running_kind = str(state["kind"])
     if kind != "auto" and running_kind != _KIND_NAMES[kind]:
-        raise BrokerError(f"{running_kind} is already running for {state_dir}; stop it before starting {kind}")
+        raise BrokerError(
+            f"{running_kind} is already running for {state_dir}; stop it before starting {kind}"
+        )
     if state["port"] != port:
-        raise BrokerError(f"a broker is already running for {state_dir} on {state['bootstrap']}, not port {port}")
+        raise BrokerError(
+            f"a broker is already running for {state_dir} on {state['bootstrap']}, not port {port}"
+        )
     pid = int(str(state["pid"]))
     logs = sorted({Path(str(state["log_file"])), Path(str(state["console_log"]))})
     # It may still be starting (begun by another process); give it the same deadline.
-    _wait_ready(str(state["bootstrap"]), timeout, pid=pid, log_files=logs, what=f"{running_kind} (pid {pid})")
+    _wait_ready(
+        str(state["bootstrap"]),
+        timeout,
+        pid=pid,
+        log_files=logs,
+        what=f"{running_kind} (pid {pid})",
+    )
     return BrokerInfo(running_kind, str(state["bootstrap"]), pid, Path(str(state["log_file"])))
 
 
@@ -217,7 +233,9 @@ def _spawn(cmd: list[str], log_file: Path, env: dict[str, str]) -> int:
         os.close(out)
 
 
-def _wait_ready(bootstrap: str, timeout: float, *, pid: int | None, log_files: list[Path], what: str) -> None:
+def _wait_ready(
+    bootstrap: str, timeout: float, *, pid: int | None, log_files: list[Path], what: str
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if pid is not None and not _alive(pid, None):
@@ -225,7 +243,9 @@ def _wait_ready(bootstrap: str, timeout: float, *, pid: int | None, log_files: l
         if is_ready(bootstrap, timeout=2.0):
             return
         if time.monotonic() >= deadline:
-            raise BrokerError(f"{what} did not answer a Kafka Metadata request within {timeout:.0f}s{_log_tail(log_files)}")
+            raise BrokerError(
+                f"{what} did not answer a Kafka Metadata request within {timeout:.0f}s{_log_tail(log_files)}"
+            )
         time.sleep(0.25)
 
 
@@ -237,7 +257,10 @@ def _log_tail(log_files: list[Path], lines: int = 40) -> str:
         except OSError:
             continue
         if text:
-            parts.append(f"\n--- last {min(lines, len(text))} lines of {path} ---\n" + "\n".join(text[-lines:]))
+            parts.append(
+                f"\n--- last {min(lines, len(text))} lines of {path} ---\n"
+                + "\n".join(text[-lines:])
+            )
     return "".join(parts)
 
 

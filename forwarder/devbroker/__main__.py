@@ -28,11 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         "KAFKA_BOOTSTRAP=host:port makes `start` use that cluster instead.",
     )
     parser.add_argument("command", choices=("start", "stop", "status"))
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s"
+    )
     parser.add_argument("--port", type=int, default=9092, help="client port (default: %(default)s)")
-    parser.add_argument("--controller-port", type=int, default=None, help="Kafka controller port (default: port+1)")
+    parser.add_argument(
+        "--controller-port", type=int, default=None, help="Kafka controller port (default: port+1)"
+    )
     parser.add_argument("--kind", choices=KINDS, default="auto", help="default: %(default)s")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     try:

@@ -178,16 +178,26 @@ def log4j2_config(log_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-BROKER_JVM_OPTS = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError")
+BROKER_JVM_OPTS = (
+    "-Xms1g",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExitOnOutOfMemoryError",
+)
 # A short-lived tool: C1 only starts about a second faster on 2 cores.
 TOOL_JVM_OPTS = ("-Xmx256m", "-XX:TieredStopAtLevel=1")
 
 
-def java_command(libs: Path, log4j_file: Path, jvm_opts: tuple[str, ...], main: str, *args: str) -> list[str]:
+def java_command(
+    libs: Path, log4j_file: Path, jvm_opts: tuple[str, ...], main: str, *args: str
+) -> list[str]:
     """The JVM command line for a Kafka main class."""
     java = java_bin()
     if java is None:
-        raise KafkaSetupError("`java` is not on PATH (and JAVA_HOME is not set); Kafka needs JDK 17+")
+        raise KafkaSetupError(
+            "`java` is not on PATH (and JAVA_HOME is not set); Kafka needs JDK 17+"
+        )
     return [
         java,
         *jvm_opts,
@@ -235,4 +245,6 @@ def prepare(state_dir: Path, port: int, controller_port: int) -> tuple[list[str]
                 f"kafka-storage format failed (exit {proc.returncode}):\n" + "\n".join(out[-40:])
             )
         formatted_for.write_text(wanted)
-    return java_command(libs, log4j_file, BROKER_JVM_OPTS, "kafka.Kafka", str(props_file.resolve())), log_file
+    return java_command(
+        libs, log4j_file, BROKER_JVM_OPTS, "kafka.Kafka", str(props_file.resolve())
+    ), log_file

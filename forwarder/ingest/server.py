@@ -39,6 +39,10 @@ def serve(config: Config) -> None:
     )
     log.info(
         "ingest listening",
-        extra={"host": config.ingest.host, "port": config.ingest.port, "tokens": len(config.ingest.tokens)},
+        extra={
+            "host": config.ingest.host,
+            "port": config.ingest.port,
+            "tokens": len(config.ingest.tokens),
+        },
     )
     uvicorn.Server(server_config).run()

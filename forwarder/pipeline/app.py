@@ -74,9 +74,13 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             doc = normalize_raw(
                 value, provenance, now=records.utc_now_iso(), include_original=include_original
             )
-            carried = [(name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers]
+            carried = [
+                (name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers
+            ]
             await events_topic.send(key=event.message.key, value=orjson.dumps(doc), headers=carried)
-            metrics.events_out.labels(doc["aha"]["event"] if doc["aha"]["event"] == "audit" else "other").inc()
+            metrics.events_out.labels(
+                doc["aha"]["event"] if doc["aha"]["event"] == "audit" else "other"
+            ).inc()
 
     app.agent(raw_topic, name="normalize")(normalize_agent)
 
@@ -100,7 +104,9 @@ def _received_at(headers: dict[str, str]) -> float | None:
         return None
 
 
-def _sink_agent(sink: Sink, sink_config: Any, dlq_topic: faust.TopicT, metrics: WorkerMetrics) -> Any:
+def _sink_agent(
+    sink: Sink, sink_config: Any, dlq_topic: faust.TopicT, metrics: WorkerMetrics
+) -> Any:
     async def run(stream: faust.StreamT) -> None:
         await sink.start()
         try:
@@ -111,7 +117,10 @@ def _sink_agent(sink: Sink, sink_config: Any, dlq_topic: faust.TopicT, metrics: 
             metrics.sink_up.labels(sink.name).set(0)
             log.error("sink healthcheck failed", extra={"sink": sink.name, "error": str(error)})
         try:
-            batches = stream.take_events(sink_config.batch_max_events, sink_config.batch_max_seconds)
+            # take_events exists on faust-streaming's Stream but not on its StreamT protocol.
+            batches = stream.take_events(  # type: ignore[attr-defined]
+                sink_config.batch_max_events, sink_config.batch_max_seconds
+            )
             async for batch in batches:
                 await _ship(sink, batch, dlq_topic, metrics)
         finally:
@@ -120,7 +129,9 @@ def _sink_agent(sink: Sink, sink_config: Any, dlq_topic: faust.TopicT, metrics: 
     return run
 
 
-async def _ship(sink: Sink, batch: Sequence[EventT], dlq_topic: faust.TopicT, metrics: WorkerMetrics) -> None:
+async def _ship(
+    sink: Sink, batch: Sequence[EventT], dlq_topic: faust.TopicT, metrics: WorkerMetrics
+) -> None:
     # Never let a failure escape: Faust acks a batch whose agent raised (see DESIGN.md).
     values = [event.message.value or b"" for event in batch]
     first_try = records.utc_now_iso()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -32,7 +33,9 @@ class FileSink:
         try:
             await asyncio.to_thread(self._open if self._file is None else lambda: None)
         except OSError as error:
-            raise SinkError(f"cannot open {self._config.path}: {error.strerror}", retriable=True) from None
+            raise SinkError(
+                f"cannot open {self._config.path}: {error.strerror}", retriable=True
+            ) from None
 
     async def send_batch(self, events: Sequence[bytes]) -> None:
         """Append the batch; with fsync on, return only once it is on disk."""
@@ -41,7 +44,9 @@ class FileSink:
         try:
             await asyncio.to_thread(self._write, payload)
         except OSError as error:
-            raise SinkError(f"cannot write {self._config.path}: {error.strerror}", retriable=True) from None
+            raise SinkError(
+                f"cannot write {self._config.path}: {error.strerror}", retriable=True
+            ) from None
 
     def _write(self, payload: bytes) -> None:
         if self._file is None:
@@ -60,10 +65,9 @@ class FileSink:
     def _discard_torn_tail(self, size: int) -> None:
         # A retry appends the whole batch again: cut the torn part so no line is half-written.
         assert self._file is not None
-        try:
+        # The buffered rest that fails to flush here is exactly what is cut below.
+        with contextlib.suppress(OSError):
             self._file.close()
-        except OSError:
-            pass  # the buffered rest is exactly what is cut below
         self._file = None
         try:
             with open(self._config.path, "r+b") as torn:

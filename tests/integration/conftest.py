@@ -85,16 +85,27 @@ def stack_config(tmp: Path, bootstrap: str, token: str) -> dict[str, Any]:
             "metrics_host": "127.0.0.1",
             "metrics_port": free_port(),
         },
-        "sinks": [{"type": "file", "name": "file", "path": str(tmp / "events.ndjson"), "batch_max_seconds": 0.2}],
+        "sinks": [
+            {
+                "type": "file",
+                "name": "file",
+                "path": str(tmp / "events.ndjson"),
+                "batch_max_seconds": 0.2,
+            }
+        ],
     }
 
 
-def wait_http_ok(url: str, processes: list[subprocess.Popen[bytes]], logs: dict[str, Path], timeout: float = 90) -> None:
+def wait_http_ok(
+    url: str, processes: list[subprocess.Popen[bytes]], logs: dict[str, Path], timeout: float = 90
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for process in processes:
             if process.poll() is not None:
-                dump = "\n".join(f"--- {name}\n{path.read_text()[-4000:]}" for name, path in logs.items())
+                dump = "\n".join(
+                    f"--- {name}\n{path.read_text()[-4000:]}" for name, path in logs.items()
+                )
                 raise RuntimeError(f"a process exited with {process.returncode}\n{dump}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:

@@ -17,7 +17,9 @@ class Record:
     partition: int
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Record]:
+async def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 60.0
+) -> list[Record]:
     """Every record of a topic from the beginning, once at least `expected` arrived (or timeout)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()

@@ -29,7 +29,9 @@ def wait_for_lines(path, expected: int, timeout: float = 60.0) -> list[dict]:
     return [orjson.loads(line) for line in lines]
 
 
-async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(stack: Stack, kafka_bootstrap: str) -> None:
+async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
     bodies = {path.name: path.read_bytes() for path in sample_paths()}
     async with httpx.AsyncClient() as client:
         for name, body in bodies.items():
@@ -70,7 +72,8 @@ async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(stack: Stack,
     lines = wait_for_lines(stack.events_file, len(bodies))
     assert {line["event"]["hash"]: line for line in lines} == shipped
 
-    metrics = httpx.get(stack.metrics_url).text
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(stack.metrics_url)).text
     assert f'aha_siem_sink_events_sent_total{{sink="file"}} {float(len(bodies))}' in metrics
 
 

@@ -66,7 +66,9 @@ def test_env_override_of_a_missing_list_item_names_the_variable() -> None:
         load(EXAMPLE_CONFIG, environ={"AHA_SIEM_SINKS__5__PATH": "/x"})
 
 
-def test_config_check_exits_non_zero_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_exits_non_zero_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("ingest:\n  port: eighty\n")
     assert cli.main(["config", "check", str(bad)]) == 2
@@ -75,7 +77,9 @@ def test_config_check_exits_non_zero_naming_the_key(tmp_path: Path, capsys: pyte
     assert "ok" in capsys.readouterr().out
 
 
-def test_config_check_reports_unreadable_and_non_yaml_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_reports_unreadable_and_non_yaml_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["config", "check", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
     broken = tmp_path / "broken.yaml"
@@ -84,12 +88,16 @@ def test_config_check_reports_unreadable_and_non_yaml_files(tmp_path: Path, caps
     assert "not valid YAML" in capsys.readouterr().err
 
 
-def test_token_new_prints_an_entry_whose_hash_matches_the_token(capsys: pytest.CaptureFixture[str]) -> None:
+def test_token_new_prints_an_entry_whose_hash_matches_the_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import yaml
 
     assert cli.main(["token", "new", "acme-prod", "--account", "acme"]) == 0
     out = capsys.readouterr().out
-    entry = yaml.safe_load("\n".join(line for line in out.splitlines() if not line.startswith("#")))[0]
+    entry = yaml.safe_load(
+        "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+    )[0]
     token = out.rsplit("stored nowhere): ", 1)[1].strip()
     assert entry == {"name": "acme-prod", "sha256": hash_token(token), "account": "acme"}
     parse({"ingest": {"tokens": [entry]}})

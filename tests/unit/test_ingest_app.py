@@ -63,7 +63,9 @@ async def test_accepted_body_is_produced_unchanged_with_key_and_headers(
     client: httpx.AsyncClient, producer: RecordingProducer
 ) -> None:
     body = (SAMPLES / "feature_update_status.json").read_bytes()
-    response = await client.post(f"/v1/aha/{TOKEN}", content=body, headers={"content-type": "application/json"})
+    response = await client.post(
+        f"/v1/aha/{TOKEN}", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 202
     assert response.json()["status"] == "accepted"
     [(topic, value, key, headers)] = producer.sent
@@ -112,21 +114,27 @@ async def test_invalid_body_is_400_with_json_error_and_kept_on_the_invalid_topic
     assert reason in headers["error"]
 
 
-async def test_unknown_event_type_is_accepted(client: httpx.AsyncClient, producer: RecordingProducer) -> None:
+async def test_unknown_event_type_is_accepted(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
     body = (SAMPLES / "security_event_unknown_type.json").read_bytes()
     response = await client.post(f"/v1/aha/{TOKEN}", content=body)
     assert response.status_code == 202
     assert producer.sent[0][2] == b"security:7712852328277082131"
 
 
-async def test_oversized_body_is_413(client: httpx.AsyncClient, producer: RecordingProducer) -> None:
+async def test_oversized_body_is_413(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
     body = orjson.dumps({"event": "audit", "audit": {"description": "x" * 5000}})
     response = await client.post(f"/v1/aha/{TOKEN}", content=body)
     assert response.status_code == 413
     assert producer.sent == []
 
 
-async def test_kafka_failure_is_503_never_202(client: httpx.AsyncClient, producer: RecordingProducer) -> None:
+async def test_kafka_failure_is_503_never_202(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
     producer.fail = ConnectionError("broker down")
     body = (SAMPLES / "feature_create.json").read_bytes()
     response = await client.post(f"/v1/aha/{TOKEN}", content=body)
@@ -138,7 +146,9 @@ async def test_get_on_webhook_route_is_405(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/v1/aha/{TOKEN}")).status_code == 405
 
 
-async def test_health_readiness_and_metrics(client: httpx.AsyncClient, producer: RecordingProducer) -> None:
+async def test_health_readiness_and_metrics(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
     body = (SAMPLES / "feature_create.json").read_bytes()
     await client.post(f"/v1/aha/{TOKEN}", content=body)
     await client.post("/v1/aha/nope", content=body)

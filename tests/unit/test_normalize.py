@@ -34,7 +34,9 @@ def normalized(name: str) -> dict:
 def test_feature_update_matches_the_documented_example_event() -> None:
     expected = json.loads(SHARED_EXAMPLE.read_text())
     expected.pop("_comment")
-    expected["event"]["hash"] = hashlib.sha256((SAMPLES / "feature_update_status.json").read_bytes()).hexdigest()
+    expected["event"]["hash"] = hashlib.sha256(
+        (SAMPLES / "feature_update_status.json").read_bytes()
+    ).hexdigest()
     assert normalized("feature_update_status.json") == expected
 
 
@@ -102,7 +104,9 @@ def test_unknown_event_type_is_kept_whole() -> None:
 
 
 def test_bytes_that_are_not_a_webhook_are_shipped_not_dropped() -> None:
-    doc = normalize_raw(b"\xff garbage", Provenance(received_at=NOW), now=NOW, include_original=True)
+    doc = normalize_raw(
+        b"\xff garbage", Provenance(received_at=NOW), now=NOW, include_original=True
+    )
     assert doc["aha"]["event"] == "unparsed"
     assert doc["@timestamp"] == NOW
     assert "garbage" in doc["event"]["original"]
@@ -110,8 +114,23 @@ def test_bytes_that_are_not_a_webhook_are_shipped_not_dropped() -> None:
 
 @given(
     st.dictionaries(
-        st.sampled_from(["id", "audit_action", "user", "changes", "contributors", "created_at", "auditable_type"]),
-        st.one_of(st.none(), st.integers(), st.text(), st.lists(st.one_of(st.none(), st.text(), st.integers()))),
+        st.sampled_from(
+            [
+                "id",
+                "audit_action",
+                "user",
+                "changes",
+                "contributors",
+                "created_at",
+                "auditable_type",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(),
+            st.lists(st.one_of(st.none(), st.text(), st.integers())),
+        ),
     )
 )
 def test_any_shape_of_audit_normalizes_without_raising(audit: dict) -> None:
@@ -121,5 +140,9 @@ def test_any_shape_of_audit_normalizes_without_raising(audit: dict) -> None:
 
 
 def test_a_lone_change_that_is_not_a_list_is_kept() -> None:
-    doc = normalize({"event": "audit", "audit": {"changes": {"field_name": "Name", "value": "x"}}}, Provenance(), now=NOW)
+    doc = normalize(
+        {"event": "audit", "audit": {"changes": {"field_name": "Name", "value": "x"}}},
+        Provenance(),
+        now=NOW,
+    )
     assert doc["aha"]["audit"]["changes"] == [{"field_name": "Name", "value": "x"}]

@@ -9,17 +9,30 @@ from forwarder.records import decode_headers, encode_headers, iso_millis, record
 
 
 def test_key_is_record_type_and_id() -> None:
-    body = {"event": "audit", "audit": {"id": "1", "auditable_type": "feature", "auditable_id": "42"}}
+    body = {
+        "event": "audit",
+        "audit": {"id": "1", "auditable_type": "feature", "auditable_id": "42"},
+    }
     assert record_key(body, "hash") == b"feature:42"
 
 
 def test_key_falls_back_to_event_id_then_body_hash() -> None:
     assert record_key({"event": "security", "security": {"id": 7}}, "hash") == b"security:7"
     assert record_key({"event": "audit", "audit": {}}, "abc") == b"abc"
-    assert record_key({"event": "audit", "audit": {"auditable_type": "", "auditable_id": "1"}}, "h") == b"h"
+    assert (
+        record_key({"event": "audit", "audit": {"auditable_type": "", "auditable_id": "1"}}, "h")
+        == b"h"
+    )
 
 
-@given(st.dictionaries(st.text(), st.recursive(st.none() | st.text() | st.integers(), lambda c: st.dictionaries(st.text(), c))))
+@given(
+    st.dictionaries(
+        st.text(),
+        st.recursive(
+            st.none() | st.text() | st.integers(), lambda c: st.dictionaries(st.text(), c)
+        ),
+    )
+)
 def test_key_is_never_empty(body: dict) -> None:
     assert record_key(body, "fallback")
 
