@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "AHA_SIEM_"
 ENV_NESTING = "__"
@@ -58,6 +66,22 @@ class TopicsConfig(_Model):
         return value
 
 
+def _sha256_hex(value: str) -> str:
+    value = value.strip().lower()
+    if not _SHA256_HEX.match(value):
+        raise ValueError("must be 64 hex characters: a SHA-256, not the secret itself")
+    return value
+
+
+class BasicAuthConfig(_Model):
+    username: str = Field(min_length=1)
+    """User name Aha! sends (the `user` of https://user:password@host/...)."""
+    password_sha256: str
+    """Hex SHA-256 of the password; the password itself is never stored."""
+
+    _hex = field_validator("password_sha256")(_sha256_hex)
+
+
 class TokenConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     """Name of the token; travels with every body as the `token-id` header and becomes `organization.id`."""
@@ -65,14 +89,26 @@ class TokenConfig(_Model):
     """Hex SHA-256 of the token (`aha-siem token new NAME` prints one); the token itself is never stored."""
     account: str | None = None
     """Aha! account (the `acme` of acme.aha.io); becomes `organization.name`."""
+    basic_auth: BasicAuthConfig | None = None
+    """When set, requests with this token must also carry these HTTP Basic credentials."""
 
-    @field_validator("sha256")
-    @classmethod
-    def _hex_digest(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not _SHA256_HEX.match(value):
-            raise ValueError("must be 64 hex characters: the SHA-256 of the token, not the token")
-        return value
+    _hex = field_validator("sha256")(_sha256_hex)
+
+
+class TlsConfig(_Model):
+    cert_file: Path
+    """PEM certificate chain served to clients; re-read on SIGHUP."""
+    key_file: Path
+    """PEM private key of the certificate; re-read on SIGHUP."""
+
+
+class SpoolConfig(_Model):
+    directory: Path = Path(".run/spool")
+    """Folder of the spool segment files (one per ingest process)."""
+    max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    """Spool size at which webhooks are answered 503 (and the spool-full alert fires)."""
+    segment_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024)
+    """Size at which a new segment file is started."""
 
 
 class IngestConfig(_Model):
@@ -83,9 +119,33 @@ class IngestConfig(_Model):
     tokens: tuple[TokenConfig, ...] = ()
     """Accepted webhook tokens; Aha!'s Hook URL is https://HOST/v1/aha/TOKEN."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    """Larger bodies are answered 413."""
-    produce_timeout_seconds: float = Field(default=2.0, gt=0, lt=5)
-    """Longest wait for the Kafka ack before answering; Aha! gives up after 5 s."""
+    """Larger bodies (after gzip decoding) are answered 413."""
+    produce_timeout_seconds: float = Field(default=1.0, gt=0, lt=4)
+    """Longest wait for the Kafka ack before the body goes to the spool; Aha! gives up after 5 s."""
+    allowed_cidrs: tuple[IPvAnyNetwork, ...] = ()
+    """Client networks allowed to post webhooks (empty: any); others get 403."""
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    """Proxies whose X-Forwarded-For is believed; from anyone else it is ignored."""
+    auth_failures_per_minute: float = Field(default=10.0, gt=0)
+    """Failed authentications a client may make per minute before it is answered 429."""
+    auth_failure_burst: int = Field(default=10, ge=1)
+    """Failed authentications a client may make at once."""
+    max_concurrent_requests: int = Field(default=512, ge=1)
+    """Webhook requests handled at once; more are answered 503."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection that has not sent a request's headers in this time is closed."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A request whose body has not arrived in this time is answered 408."""
+    keep_alive_seconds: float = Field(default=30.0, gt=0)
+    """Idle keep-alive connections are closed after this time."""
+    invalid_per_second: float = Field(default=10.0, gt=0)
+    """Invalid bodies kept in the invalid topic per second (beyond: answered 400, counted, not kept)."""
+    invalid_burst: int = Field(default=100, ge=1)
+    """Invalid bodies kept at once before the rate applies."""
+    tls: TlsConfig | None = None
+    """Terminate HTTPS here; leave unset behind a TLS-terminating proxy."""
+    spool: SpoolConfig = SpoolConfig()
+    """Local spool used while Kafka is down or slow."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> IngestConfig:

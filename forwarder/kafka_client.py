@@ -74,8 +74,8 @@ class KafkaBodyProducer:
         self._ready_cache: tuple[float, bool] = (0.0, False)
 
     async def start(self) -> None:
-        """Connect; creates the project's topics first if they are missing."""
-        await ensure_topics(self._config)
+        """Connect; creates the project's topics first if they are missing. Raises when unreachable."""
+        await ensure_topics(self._config, timeout=self._config.kafka.request_timeout_seconds)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._config.kafka.bootstrap_servers,
             client_id=f"{self._config.kafka.client_id}-{self._role}",
@@ -84,7 +84,12 @@ class KafkaBodyProducer:
             linger_ms=2,
             request_timeout_ms=int(self._config.kafka.request_timeout_seconds * 1000),
         )
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except Exception:
+            await self._producer.stop()
+            self._producer = None
+            raise
 
     async def stop(self) -> None:
         """Flush what is in flight and disconnect."""

@@ -35,6 +35,12 @@ class IngestMetrics:
             ["reason"],
             registry=registry,
         )
+        self.invalid_dropped = Counter(
+            "aha_siem_ingest_invalid_dropped_total",
+            "Invalid bodies answered 400 but not kept in the invalid topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.produce_duration = Histogram(
             "aha_siem_ingest_kafka_produce_duration_seconds",
             "Time until Kafka acknowledged a produced body, by topic.",
@@ -44,8 +50,44 @@ class IngestMetrics:
         )
         self.produce_errors = Counter(
             "aha_siem_ingest_kafka_produce_errors_total",
-            "Bodies Kafka did not acknowledge in time, by topic.",
+            "Produces Kafka did not acknowledge in time (the body went to the spool), by topic.",
             ["topic"],
+            registry=registry,
+        )
+
+
+class SpoolMetrics:
+    """Metrics of the ingest's local spool."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.depth_records = Gauge(
+            "aha_siem_ingest_spool_records",
+            "Records in the spool not yet acknowledged by Kafka.",
+            registry=registry,
+        )
+        self.depth_bytes = Gauge(
+            "aha_siem_ingest_spool_bytes",
+            "Bytes of spool segment files on disk.",
+            registry=registry,
+        )
+        self.appended = Counter(
+            "aha_siem_ingest_spool_appended_total",
+            "Records written (and fsync'd) to the spool.",
+            registry=registry,
+        )
+        self.drained = Counter(
+            "aha_siem_ingest_spool_drained_total",
+            "Records drained from the spool to Kafka (rate() is the drain rate).",
+            registry=registry,
+        )
+        self.full = Gauge(
+            "aha_siem_ingest_spool_full",
+            "1 while the spool refuses records (size limit reached or disk full), else 0.",
+            registry=registry,
+        )
+        self.corrupt_bytes = Counter(
+            "aha_siem_ingest_spool_corrupt_bytes_total",
+            "Bytes skipped when opening the spool: torn tails of interrupted writes.",
             registry=registry,
         )
 

@@ -16,8 +16,8 @@ def sample_paths() -> list[Path]:
     return sorted(SAMPLES.rglob("*.json"))
 
 
-class RecordingProducer:
-    """A BodyProducer that keeps what it was given; `fail` makes `send` raise."""
+class RecordingWriter:
+    """A Writer that keeps what it was given; `fail` makes `write` raise it."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes, dict[str, str]]] = []
@@ -30,12 +30,13 @@ class RecordingProducer:
     async def stop(self) -> None:
         self.started = False
 
-    async def send(
+    async def write(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> None:
+    ) -> str:
         if self.fail is not None:
             raise self.fail
         self.sent.append((topic, value, key, {name: raw.decode() for name, raw in headers}))
+        return "kafka"
 
     async def ready(self) -> bool:
         return self.started and self.fail is None

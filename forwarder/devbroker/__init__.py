@@ -15,14 +15,14 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import kafka as _kafka
 from . import tansu as _tansu
 from .probe import is_ready, port_in_use
 
-__all__ = ["BrokerError", "BrokerInfo", "start", "stop", "status", "free_port"]
+__all__ = ["BrokerError", "BrokerInfo", "free_port", "start", "status", "stop"]
 
 STATE_FILE = "broker.json"
 KINDS = ("auto", "kafka", "tansu")
@@ -41,6 +41,30 @@ class BrokerInfo:
     bootstrap: str  # "127.0.0.1:9092"
     pid: int | None
     log_file: Path | None
+
+
+@dataclass(frozen=True)
+class _State:
+    """What the state file records about a broker this module started."""
+
+    kind: str
+    bootstrap: str
+    port: int
+    pid: int
+    proc_start: int | None  # start time in clock ticks: tells a reused pid apart
+    log_file: str
+    console_log: str
+    started_at: float
+    controller_port: int | None = None
+
+    def info(self) -> BrokerInfo:
+        return BrokerInfo(self.kind, self.bootstrap, self.pid, Path(self.log_file))
+
+    def logs(self) -> list[Path]:
+        return sorted({Path(self.log_file), Path(self.console_log)})
+
+
+_STATE_FIELDS = frozenset(f.name for f in fields(_State))
 
 
 def start(
@@ -84,37 +108,38 @@ def start(
                 console = state_dir / "kafka" / "console.log"
             else:
                 cmd = _tansu.command(port)
-                log_file = state_dir / "tansu" / "tansu.log"
-                console = log_file
+                log_file = console = state_dir / "tansu" / "tansu.log"
         except (_kafka.KafkaSetupError, _tansu.TansuMissingError) as exc:
             raise BrokerError(str(exc)) from exc
 
         console.parent.mkdir(parents=True, exist_ok=True)
         pid = _spawn(cmd, console, env=_child_env(chosen))
-        bootstrap = f"127.0.0.1:{port}"
-        state = {
-            "kind": _KIND_NAMES[chosen],
-            "bootstrap": bootstrap,
-            "port": port,
-            "controller_port": ports[1] if len(ports) > 1 else None,
-            "pid": pid,
-            "proc_start": _proc_start(pid),
-            "log_file": str(log_file),
-            "console_log": str(console),
-            "started_at": time.time(),
-        }
+        state = _State(
+            kind=_KIND_NAMES[chosen],
+            bootstrap=f"127.0.0.1:{port}",
+            port=port,
+            pid=pid,
+            proc_start=_proc_start(pid),
+            log_file=str(log_file),
+            console_log=str(console),
+            started_at=time.time(),
+            controller_port=ports[1] if chosen == "kafka" else None,
+        )
         _write_state(state_dir, state)
-        logs = sorted({log_file, console})
         try:
             _wait_ready(
-                bootstrap, timeout, pid=pid, log_files=logs, what=f"{state['kind']} on {bootstrap}"
+                state.bootstrap,
+                timeout,
+                pid=pid,
+                log_files=state.logs(),
+                what=f"{state.kind} on {state.bootstrap}",
             )
         except BrokerError:
             # A broker that never became ready must not linger holding the ports.
-            _terminate(pid, state.get("proc_start"), grace=10.0)
+            _terminate(pid, state.proc_start, grace=10.0)
             _state_path(state_dir).unlink(missing_ok=True)
             raise
-        return BrokerInfo(str(state["kind"]), bootstrap, pid, log_file)
+        return state.info()
 
 
 def stop(state_dir: Path, timeout: float = 30.0) -> bool:
@@ -125,8 +150,8 @@ def stop(state_dir: Path, timeout: float = 30.0) -> bool:
     with _locked(state_dir):
         state = _read_state(state_dir)
         stopped = False
-        if state is not None and _alive(int(state["pid"]), state.get("proc_start")):
-            _terminate(int(state["pid"]), state.get("proc_start"), grace=timeout)
+        if state is not None and _alive(state.pid, state.proc_start):
+            _terminate(state.pid, state.proc_start, grace=timeout)
             stopped = True
         _state_path(state_dir).unlink(missing_ok=True)
         return stopped
@@ -138,11 +163,7 @@ def status(state_dir: Path) -> BrokerInfo | None:
     if external:
         return BrokerInfo("external", external, None, None) if is_ready(external) else None
     state = _read_live_state(Path(state_dir).resolve())
-    if state is None:
-        return None
-    return BrokerInfo(
-        str(state["kind"]), str(state["bootstrap"]), int(state["pid"]), Path(state["log_file"])
-    )
+    return state.info() if state is not None else None
 
 
 def free_port(pair: bool = True) -> int:
@@ -174,36 +195,31 @@ def _choose_kind(kind: str) -> str:
     )
 
 
-def _reuse(
-    state_dir: Path, state: dict[str, object], *, port: int, kind: str, timeout: float
-) -> BrokerInfo:
-    running_kind = str(state["kind"])
-    if kind != "auto" and running_kind != _KIND_NAMES[kind]:
+def _reuse(state_dir: Path, state: _State, *, port: int, kind: str, timeout: float) -> BrokerInfo:
+    if kind != "auto" and state.kind != _KIND_NAMES[kind]:
         raise BrokerError(
-            f"{running_kind} is already running for {state_dir}; stop it before starting {kind}"
+            f"{state.kind} is already running for {state_dir}; stop it before starting {kind}"
         )
-    if state["port"] != port:
+    if state.port != port:
         raise BrokerError(
-            f"a broker is already running for {state_dir} on {state['bootstrap']}, not port {port}"
+            f"a broker is already running for {state_dir} on {state.bootstrap}, not port {port}"
         )
-    pid = int(str(state["pid"]))
-    logs = sorted({Path(str(state["log_file"])), Path(str(state["console_log"]))})
     # It may still be starting (begun by another process); give it the same deadline.
     _wait_ready(
-        str(state["bootstrap"]),
+        state.bootstrap,
         timeout,
-        pid=pid,
-        log_files=logs,
-        what=f"{running_kind} (pid {pid})",
+        pid=state.pid,
+        log_files=state.logs(),
+        what=f"{state.kind} (pid {state.pid})",
     )
-    return BrokerInfo(running_kind, str(state["bootstrap"]), pid, Path(str(state["log_file"])))
+    return state.info()
 
 
 def _child_env(kind: str) -> dict[str, str]:
     env = dict(os.environ)
     if kind == "tansu":
-        # Tansu reads these as defaults for its flags; the explicit flags win, but a stray
-        # RUST_LOG=debug would flood the log.
+        # Its log goes to a file: no colour codes, and only warnings unless asked otherwise.
+        env["NO_COLOR"] = "1"
         env.setdefault("RUST_LOG", "warn")
     return env
 
@@ -273,7 +289,7 @@ def _proc_start(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _alive(pid: int, proc_start: object) -> bool:
+def _alive(pid: int, proc_start: int | None) -> bool:
     try:
         # Reap it if it is our own exited child; otherwise a zombie would look alive.
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -290,13 +306,13 @@ def _alive(pid: int, proc_start: object) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no procfs (macOS): kill(0) is all we can know
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
+    stat_fields = stat.rsplit(")", 1)[1].split()
+    if stat_fields[0] in ("Z", "X"):
         return False
-    return proc_start is None or int(fields[19]) == proc_start
+    return proc_start is None or int(stat_fields[19]) == proc_start
 
 
-def _terminate(pid: int, proc_start: object, grace: float) -> None:
+def _terminate(pid: int, proc_start: int | None, grace: float) -> None:
     """SIGTERM the broker's process group, SIGKILL it if still alive after ``grace``."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:
@@ -315,27 +331,28 @@ def _state_path(state_dir: Path) -> Path:
     return state_dir / STATE_FILE
 
 
-def _read_state(state_dir: Path) -> dict[str, object] | None:
+def _read_state(state_dir: Path) -> _State | None:
     try:
         data = json.loads(_state_path(state_dir).read_text())
-    except (OSError, ValueError):
+        # Unknown keys are ignored so a newer or older state file still finds its broker.
+        return _State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+    except (OSError, ValueError, TypeError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
 
 
-def _read_live_state(state_dir: Path) -> dict[str, object] | None:
+def _read_live_state(state_dir: Path) -> _State | None:
     state = _read_state(state_dir)
     if state is None:
         return None
-    if not _alive(int(str(state["pid"])), state.get("proc_start")):
+    if not _alive(state.pid, state.proc_start):
         _state_path(state_dir).unlink(missing_ok=True)  # stale: the broker died or was killed
         return None
     return state
 
 
-def _write_state(state_dir: Path, state: dict[str, object]) -> None:
+def _write_state(state_dir: Path, state: _State) -> None:
     tmp = _state_path(state_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
     tmp.replace(_state_path(state_dir))
 
 

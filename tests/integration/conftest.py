@@ -39,7 +39,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield devbroker.start(tmp_path_factory.mktemp("unused")).bootstrap
         return
     state = tmp_path_factory.mktemp("kafka")
-    info = devbroker.start(state, port=free_port(), kind=os.environ.get("KAFKA_KIND", "kafka"))
+    info = devbroker.start(
+        state, port=devbroker.free_port(pair=True), kind=os.environ.get("KAFKA_KIND", "kafka")
+    )
     try:
         yield info.bootstrap
     finally:

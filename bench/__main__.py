@@ -1,0 +1,276 @@
+"""`python -m bench`: ingest and worker throughput beside their baselines, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench import load, median, worker
+from forwarder import devbroker
+from forwarder.config import hash_token
+
+STATE_DIR = Path(".run/bench-kafka")
+WORK_DIR = Path(".run/bench")  # configs and logs of the last run
+Row = dict[str, Any]
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 300:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server for {url} did not become ready; see {log}")
+
+
+def bench_ingest(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Path) -> list[Row]:
+    """Alternate the no-op app and the real ingest app under the same load, round by round."""
+    token = secrets.token_urlsafe(16)
+    config = tmp / "ingest.yaml"
+    topics = {
+        "raw": f"{prefix}.ingest.raw",
+        "invalid": f"{prefix}.ingest.invalid",
+        "events": f"{prefix}.ingest.events",
+    }
+    tree = {
+        "log_level": "warning",
+        "kafka": {"bootstrap_servers": bootstrap},
+        "topics": {**topics, "partitions": worker.PARTITIONS},
+        "ingest": {"tokens": [{"name": "bench", "sha256": hash_token(token), "account": "acme"}]},
+    }
+    config.write_text(yaml.safe_dump(tree))
+    script = load.write_wrk_script(tmp / "post.lua") if args.generator.startswith("wrk") else None
+    servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    try:
+        for kind in ("noop", "ingest"):
+            port = devbroker.free_port(pair=False)
+            log = tmp / f"{kind}.log"
+            with open(log, "wb") as out:
+                cmd = [sys.executable, "-m", "bench.serve", kind, str(port), str(config)]
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            servers[kind] = (f"http://127.0.0.1:{port}/v1/aha/{token}", proc)
+            _wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
+        results: dict[str, list[dict[str, Any]]] = {"noop": [], "ingest": []}
+        for url, _ in servers.values():
+            load.run(url, args.warmup, args.connections, script)
+        for round_no in range(args.rounds):
+            order = ["noop", "ingest"] if round_no % 2 == 0 else ["ingest", "noop"]
+            for kind in order:
+                result = load.run(servers[kind][0], args.duration, args.connections, script)
+                _log(
+                    f"ingest round {round_no + 1} {kind}: {result['rps']:.0f} req/s, "
+                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                    f"{result['errors']} errors"
+                )
+                results[kind].append(result)
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+        for _, proc in servers.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    stored = asyncio.run(worker.count(bootstrap, topics["raw"]))
+    accepted = sum(r["requests"] - r["errors"] for r in results["ingest"])
+    _log(
+        f"ingest raw topic holds {stored} records; the generator counted {accepted} accepted "
+        "in measured rounds (warm-up and requests in flight at a round's end come on top)"
+    )
+    names = {"noop": "no-op ASGI app", "ingest": "ingest app -> Kafka"}
+    return [
+        {
+            "section": "ingest",
+            "variant": names[kind],
+            "metric": "req/s",
+            "median": median([r["rps"] for r in runs]),
+            "p50_ms": median([r["p50_ms"] for r in runs]),
+            "p99_ms": median([r["p99_ms"] for r in runs]),
+            "errors": sum(r["errors"] for r in runs),
+            "rounds": [r["rps"] for r in runs],
+            "baseline": kind == "noop",
+        }
+        for kind, runs in results.items()
+    ]
+
+
+def bench_worker(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Path) -> list[Row]:
+    """Each worker variant over the same N raw records, on fresh topics, round by round."""
+    rows = worker.raw_records(args.events)
+    # Warms the broker up and creates its offsets topic; not reported.
+    asyncio.run(worker.run_variant("passthrough", bootstrap, f"{prefix}.warm", rows[:500], tmp))
+    names = list(worker.VARIANTS)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for round_no in range(args.worker_rounds):
+        for variant in names[round_no % 3 :] + names[: round_no % 3]:
+            result = asyncio.run(
+                worker.run_variant(variant, bootstrap, f"{prefix}.w{round_no}.{variant}", rows, tmp)
+            )
+            _log(
+                f"worker round {round_no + 1} {variant}: {result['events_per_s']:.0f} ev/s, "
+                f"{result['events_per_s_with_startup']:.0f} ev/s with start-up "
+                f"({result['startup_s']:.1f} s)"
+            )
+            runs[variant].append(result)
+    out: list[Row] = []
+    for variant, results in runs.items():
+        for metric, key in (
+            ("ev/s", "events_per_s"),
+            ("ev/s incl. start-up", "events_per_s_with_startup"),
+        ):
+            values = [r[key] for r in results]
+            out.append(
+                {
+                    "section": "worker",
+                    "variant": worker.VARIANTS[variant],
+                    "metric": metric,
+                    "median": median(values),
+                    "rounds": values,
+                    "startup_s": median([r["startup_s"] for r in results]),
+                    "baseline": variant == "passthrough",
+                }
+            )
+    return out
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Ratio of each median to the baseline's for the same section and metric."""
+    for row in rows:
+        base = next(
+            r
+            for r in rows
+            if r["baseline"] and r["section"] == row["section"] and r["metric"] == row["metric"]
+        )
+        row["ratio"] = row["median"] / base["median"] if base["median"] else float("nan")
+
+
+def table(rows: list[Row]) -> str:
+    """The plain-text table."""
+    head = ("section", "variant", "metric", "median", "p50/p99 ms", "ratio", "rounds")
+    lines = [head]
+    for r in rows:
+        lat = f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}" if "p50_ms" in r else ""
+        if "startup_s" in r and "start-up" in r["metric"]:
+            lat = f"(start-up {r['startup_s']:.1f} s)"
+        name = r["variant"] + (" [baseline]" if r["baseline"] else "")
+        rounds = " ".join(f"{v:.0f}" for v in r["rounds"])
+        lines.append(
+            (
+                r["section"],
+                name,
+                r["metric"],
+                f"{r['median']:.0f}",
+                lat,
+                f"{r['ratio']:.2f}",
+                rounds,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, get a broker, run the benchmarks, print the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per ingest round")
+    parser.add_argument("--rounds", type=int, default=3, help="ingest rounds per server")
+    parser.add_argument("--warmup", type=float, default=2.0, help="ingest warm-up seconds")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument("--events", type=int, default=20_000, help="raw records per worker run")
+    parser.add_argument("--worker-rounds", type=int, default=1)
+    parser.add_argument("--only", choices=("ingest", "worker"))
+    parser.add_argument("--broker-kind", default="kafka", choices=devbroker.KINDS)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    # aiokafka warns about retries it handles itself (leaders of just-created topics).
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    found = load.generator_name()
+    if args.generator == "wrk" and not found.startswith("wrk"):
+        parser.error("wrk is not installed (apt-get install wrk)")
+    args.generator = "httpx" if args.generator == "httpx" else found
+
+    external = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    if external:
+        bootstrap, broker_kind = external, "external (KAFKA_BOOTSTRAP)"
+    else:
+        devbroker.stop(STATE_DIR)
+        shutil.rmtree(STATE_DIR, ignore_errors=True)
+        _log("starting the broker")
+        port = devbroker.free_port()
+        info = devbroker.start(STATE_DIR, port=port, kind=args.broker_kind)
+        bootstrap, broker_kind = info.bootstrap, info.kind
+    prefix = f"bench-{int(time.time())}"
+    rows: list[Row] = []
+    try:
+        shutil.rmtree(WORK_DIR, ignore_errors=True)
+        WORK_DIR.mkdir(parents=True)
+        work = WORK_DIR.resolve()
+        if args.only != "worker":
+            _log(f"ingest: {args.rounds} x {args.duration:g} s per server, {args.generator}")
+            rows += bench_ingest(args, bootstrap, prefix, work)
+        if args.only != "ingest":
+            _log(f"worker: {args.events} records, {args.worker_rounds} round(s)")
+            rows += bench_worker(args, bootstrap, prefix, work)
+    finally:
+        if external:
+            with contextlib.suppress(Exception):
+                asyncio.run(_delete_topics(bootstrap, prefix))
+        else:
+            devbroker.stop(STATE_DIR)
+    add_ratios(rows)
+    info_line = (
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"broker: {broker_kind} at {bootstrap}; load generator: {args.generator}, "
+        f"{args.connections} connections; ingest: median of {args.rounds} x {args.duration:g} s; "
+        f"worker: {args.events} records, median of {args.worker_rounds} round(s)"
+    )
+    print(info_line)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"info": info_line, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

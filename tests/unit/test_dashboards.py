@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from forwarder.metrics import IngestMetrics, SpoolMetrics, WorkerMetrics
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+
+
+def exposed_names() -> set[str]:
+    registry = CollectorRegistry()
+    IngestMetrics(registry)
+    SpoolMetrics(registry)
+    WorkerMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    return names
+
+
+def test_every_dashboard_query_names_a_metric_the_processes_expose() -> None:
+    known = exposed_names()
+    dashboards = sorted(DASHBOARDS.glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                names = set(re.findall(r"\baha_siem_[a-z0-9_]+", target["expr"]))
+                assert names, (path.name, panel["title"])
+                assert names <= known, (path.name, panel["title"], names - known)
+                assert target["datasource"]["uid"] == "${datasource}"
