@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from forwarder.pipeline.richtext import rich_text
+from forwarder.records import iso_millis
 
 ECS_VERSION = "8.17.0"
 DATASET = "aha.audit"
@@ -36,6 +39,18 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+def _timestamp(value: Any) -> str | None:
+    """An ISO-8601 time as Aha! writes it, or None when the value is not one."""
+    if not isinstance(value, str) or not value[:4].isdigit():
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # One shape for every consumer (Aha!'s own is already this one); naive times are UTC.
+    return iso_millis(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+
+
 def _user(raw: Any) -> dict[str, str] | None:
     if not isinstance(raw, Mapping):
         return None
@@ -49,9 +64,14 @@ def _change(raw: Any) -> dict[str, Any]:
     value = raw.get("value")
     change: dict[str, Any] = {"field_name": _text(raw.get("field_name")), "value": value}
     if isinstance(value, str) and ("&" in value or "<" in value):
-        change["value_text"] = html.unescape(value)
+        rendered = rich_text(value)
+        change["value_text"] = rendered.text
+        if rendered.deleted:
+            change["deleted_text"] = rendered.deleted
+        if rendered.inserted:
+            change["inserted_text"] = rendered.inserted
     text = change.get("value_text", value)
-    if isinstance(text, str) and f" {_ARROW} " in text:
+    if isinstance(text, str) and f" {_ARROW} " in text and "\n" not in text:
         old, _, new = text.partition(f" {_ARROW} ")
         change["old"], change["new"] = old, new
     return change
@@ -118,7 +138,7 @@ def normalize(
     event = doc["event"]
     if original is not None:
         event["original"] = original.decode("utf-8", "replace")
-    timestamp = _text(inner.get("created_at")) or provenance.received_at or now
+    timestamp = _timestamp(inner.get("created_at")) or provenance.received_at or now
     if event_type == "audit":
         _audit(doc, inner)
     else:

@@ -26,6 +26,7 @@ class SinkError(Exception):
         super().__init__(message)
         self.retriable = retriable
         self.retry_after = retry_after
+        self.attempts = 1
 
 
 class Sink(Protocol):
@@ -83,7 +84,11 @@ async def deliver(sink: Sink, events: Sequence[bytes], metrics: WorkerMetrics) -
         reraise=True,
     ):
         with attempt:
-            await sink.send_batch(events)
+            try:
+                await sink.send_batch(events)
+            except SinkError as error:
+                error.attempts = attempt.retry_state.attempt_number
+                raise
     metrics.sink_batch_duration.labels(sink.name).observe(time.perf_counter() - started)
     metrics.sink_events.labels(sink.name).inc(len(events))
     metrics.sink_up.labels(sink.name).set(1)

@@ -146,3 +146,22 @@ def test_a_lone_change_that_is_not_a_list_is_kept() -> None:
         now=NOW,
     )
     assert doc["aha"]["audit"]["changes"] == [{"field_name": "Name", "value": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("created_at", "timestamp"),
+    [
+        ("2026-11-27T14:05:12.417Z", "2026-11-27T14:05:12.417Z"),
+        ("2026-11-27T15:05:12.417+01:00", "2026-11-27T14:05:12.417Z"),
+        ("2026-11-27 14:05:12", "2026-11-27T14:05:12.000Z"),
+        ("yesterday", "2026-11-27T14:10:12.990Z"),
+        (1764252312, "2026-11-27T14:10:12.990Z"),
+    ],
+)
+def test_timestamp_is_normalized_or_falls_back_to_arrival(created_at: object, timestamp: str) -> None:
+    doc = normalize(
+        {"event": "audit", "audit": {"created_at": created_at}},
+        Provenance(received_at="2026-11-27T14:10:12.990Z"),
+        now=NOW,
+    )
+    assert doc["@timestamp"] == timestamp
