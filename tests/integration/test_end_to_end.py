@@ -13,6 +13,7 @@ from forwarder.records import record_key
 from tests.helpers import sample_paths
 from tests.integration.conftest import Stack
 from tests.integration.kafka_io import read_topic
+from tests.schema import assert_valid_event
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,7 @@ async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(
     shipped = {}
     for record in events:
         doc = orjson.loads(record.value)
+        assert_valid_event(doc)
         name, body = by_hash[doc["event"]["hash"]]
         parsed = orjson.loads(body)
         inner = parsed[parsed["event"]]

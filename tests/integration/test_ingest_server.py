@@ -238,3 +238,33 @@ def test_kafka_outages_spool_answer_202_fast_and_drain_in_order_after_sigkill(
             assert first_seen == bodies
     finally:
         devbroker.stop(state)
+
+
+def test_sigterm_finishes_in_flight_requests_and_flushes_to_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
+    tree = ingest_config(tmp_path, kafka_bootstrap)
+    tree["topics"] = {"raw": f"graceful-{time.monotonic_ns()}.raw", "partitions": 1}
+    port = tree["ingest"]["port"]
+    body = _burst_body(1)
+    with ingest_process(tmp_path, tree) as process:
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", [process], {"ingest": tmp_path / "ingest.log"})
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            head = (
+                f"POST /v1/aha/{TOKEN} HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            client.sendall(head + body[:20])
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            client.sendall(body[20:])
+            client.settimeout(10)
+            answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 202"), answer
+        # uvicorn re-raises the signal once shut down, so the exit status says "stopped by SIGTERM".
+        assert process.wait(20) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in (tmp_path / "ingest.log").read_text()
+        # The server stopped accepting new connections.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    [record] = asyncio.run(read_topic(kafka_bootstrap, tree["topics"]["raw"], 1, timeout=30))
+    assert record.value == body
