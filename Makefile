@@ -55,7 +55,11 @@ test: lint
 unit: venv
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
+# wrk is the load generator of the ingest benchmark (a Python client would measure itself).
 bench: venv
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }; } || \
+	  echo "wrk is not installed: the ingest benchmark falls back to an httpx client"
 	$(BIN)/python -m bench
 
 kafka-up: venv

@@ -24,10 +24,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import load, median, worker
 from forwarder import devbroker
-from forwarder.config import hash_token
+from forwarder.config import IngestConfig, hash_token
 
-STATE_DIR = Path(".run/bench-kafka")
-WORK_DIR = Path(".run/bench")  # configs and logs of the last run
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".run" / "bench-kafka"
+WORK_DIR = ROOT / ".run" / "bench"  # configs and logs of the last run
 Row = dict[str, Any]
 
 
@@ -59,12 +60,14 @@ def bench_ingest(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Pat
         "invalid": f"{prefix}.ingest.invalid",
         "events": f"{prefix}.ingest.events",
     }
-    tree = {
+    tree: dict[str, Any] = {
         "log_level": "warning",
         "kafka": {"bootstrap_servers": bootstrap},
         "topics": {**topics, "partitions": worker.PARTITIONS},
         "ingest": {"tokens": [{"name": "bench", "sha256": hash_token(token), "account": "acme"}]},
     }
+    if "spool" in IngestConfig.model_fields:  # the durable fallback, where the ingest has one
+        tree["ingest"]["spool"] = {"directory": str(tmp / "spool")}
     config.write_text(yaml.safe_dump(tree))
     script = load.write_wrk_script(tmp / "post.lua") if args.generator.startswith("wrk") else None
     servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
@@ -173,12 +176,14 @@ def add_ratios(rows: list[Row]) -> None:
 
 def table(rows: list[Row]) -> str:
     """The plain-text table."""
-    head = ("section", "variant", "metric", "median", "p50/p99 ms", "ratio", "rounds")
+    head = ("section", "variant", "metric", "median", "ratio", "p50/p99 ms, notes", "rounds")
     lines = [head]
     for r in rows:
         lat = f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}" if "p50_ms" in r else ""
-        if "startup_s" in r and "start-up" in r["metric"]:
-            lat = f"(start-up {r['startup_s']:.1f} s)"
+        if r.get("errors"):
+            lat += f" {r['errors']} errors"
+        if "start-up" in r["metric"]:
+            lat = f"start-up {r['startup_s']:.1f} s"
         name = r["variant"] + (" [baseline]" if r["baseline"] else "")
         rounds = " ".join(f"{v:.0f}" for v in r["rounds"])
         lines.append(
@@ -187,8 +192,8 @@ def table(rows: list[Row]) -> str:
                 name,
                 r["metric"],
                 f"{r['median']:.0f}",
-                lat,
                 f"{r['ratio']:.2f}",
+                lat,
                 rounds,
             )
         )
@@ -223,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-kind", default="kafka", choices=devbroker.KINDS)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    # aiokafka warns about retries it handles itself (leaders of just-created topics).
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # aiokafka logs the retries it handles itself (leaders of just-created topics, the offsets
+    # topic being created); a real failure still ends the run with an exception.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    load_before = os.getloadavg()[0]
     found = load.generator_name()
     if args.generator == "wrk" and not found.startswith("wrk"):
         parser.error("wrk is not installed (apt-get install wrk)")
@@ -238,14 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(STATE_DIR, ignore_errors=True)
         _log("starting the broker")
         port = devbroker.free_port()
-        info = devbroker.start(STATE_DIR, port=port, kind=args.broker_kind)
-        bootstrap, broker_kind = info.bootstrap, info.kind
+        broker = devbroker.start(STATE_DIR, port=port, kind=args.broker_kind)
+        bootstrap, broker_kind = broker.bootstrap, broker.kind
     prefix = f"bench-{int(time.time())}"
     rows: list[Row] = []
     try:
         shutil.rmtree(WORK_DIR, ignore_errors=True)
         WORK_DIR.mkdir(parents=True)
-        work = WORK_DIR.resolve()
+        work = WORK_DIR
         if args.only != "worker":
             _log(f"ingest: {args.rounds} x {args.duration:g} s per server, {args.generator}")
             rows += bench_ingest(args, bootstrap, prefix, work)
@@ -258,17 +265,26 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(_delete_topics(bootstrap, prefix))
         else:
             devbroker.stop(STATE_DIR)
+            shutil.rmtree(STATE_DIR / "data", ignore_errors=True)  # the topics' logs
     add_ratios(rows)
-    info_line = (
+    info = [
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"broker: {broker_kind} at {bootstrap}; load generator: {args.generator}, "
-        f"{args.connections} connections; ingest: median of {args.rounds} x {args.duration:g} s; "
-        f"worker: {args.events} records, median of {args.worker_rounds} round(s)"
-    )
-    print(info_line)
-    print(table(rows))
+        f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end",
+        f"broker: {broker_kind} at {bootstrap}",
+    ]
+    if args.only != "worker":
+        info.append(
+            f"ingest: {args.generator}, {args.connections} connections, "
+            f"median of {args.rounds} rounds x {args.duration:g} s; ratio to the no-op app"
+        )
+    if args.only != "ingest":
+        info.append(
+            f"worker: {args.events} records, {worker.PARTITIONS} partitions, median of "
+            f"{args.worker_rounds} round(s); ratio to the aiokafka pass-through"
+        )
+    print("\n".join(info) + "\n\n" + table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"info": info_line, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
     return 0
 
 

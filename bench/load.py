@@ -81,15 +81,17 @@ async def _httpx_load(url: str, seconds: float, connections: int) -> dict[str, A
     bodies = sample_bodies()
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=5.0) as client:
-        started = time.perf_counter()
-        deadline = started + seconds
+    # One client (one keep-alive connection) per simulated user: a single shared pool scales
+    # badly with 64 concurrent requests and would measure httpx rather than the server.
+    clients = [httpx.AsyncClient(timeout=5.0) for _ in range(connections)]
+    started = time.perf_counter()
+    deadline = started + seconds
 
-        async def user(offset: int) -> None:
-            nonlocal errors
-            i = offset
+    async def user(client: httpx.AsyncClient, offset: int) -> None:
+        nonlocal errors
+        i = offset
+        async with client:
             while time.perf_counter() < deadline:
                 body = bodies[i % len(bodies)]
                 i += 1
@@ -102,8 +104,8 @@ async def _httpx_load(url: str, seconds: float, connections: int) -> dict[str, A
                 latencies.append(time.perf_counter() - sent)
                 errors += not ok
 
-        await asyncio.gather(*(user(n) for n in range(connections)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(user(client, n) for n, client in enumerate(clients)))
+    elapsed = time.perf_counter() - started
     latencies.sort()
 
     def pct(q: float) -> float:

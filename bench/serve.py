@@ -1,6 +1,6 @@
 """One HTTP server for the ingest benchmark: `python -m bench.serve {ingest,noop} PORT [CONFIG]`.
 
-Both apps run on the same uvicorn settings as `forwarder.ingest.server.serve`.
+Both apps run on the ingest's own server settings (`forwarder.ingest.server.serve_app`).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import sys
 from typing import Any
 
 import orjson
-import uvicorn
+import uvloop
 
-from forwarder.config import load
+from forwarder.config import load, parse
 from forwarder.ingest.app import Receive, Scope, Send
-from forwarder.ingest.server import build_app
+from forwarder.ingest.server import build_app, serve_app
 
 _ACCEPTED = orjson.dumps({"status": "accepted"})
 
@@ -40,24 +40,18 @@ async def noop_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Serve `ingest` (the real app, producing to Kafka) or `noop` on 127.0.0.1:PORT."""
+    """Serve `ingest` (the real app, producing to Kafka) or `noop` on 127.0.0.1:PORT.
+
+    Both run on `forwarder.ingest.server.serve_app`: the ingest's own uvicorn settings, header
+    timeout protocol included, on uvloop.
+    """
     logging.basicConfig(level=logging.WARNING)
     kind, port = argv[0], int(argv[1])
-    app: Any = build_app(load(argv[2], environ={})) if kind == "ingest" else noop_app
-    uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            timeout_keep_alive=30,
-        )
-    ).run()
+    tree = load(argv[2], environ={}).model_dump(mode="json")
+    tree["ingest"].update(host="127.0.0.1", port=port)
+    config = parse(tree)
+    app: Any = build_app(config) if kind == "ingest" else noop_app
+    uvloop.run(serve_app(config, app))
 
 
 if __name__ == "__main__":

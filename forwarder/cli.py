@@ -87,6 +87,24 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from forwarder.render import render
+
+    config = load(args.config)
+    try:
+        render(
+            args.files,
+            args.format,
+            options=config.formats,
+            token_id=args.token_id,
+            account=args.account,
+        )
+    except ValueError as error:
+        print(f"aha-siem render: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from forwarder import devbroker
 
@@ -155,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     create = topics_commands.add_parser("create", help="create the project's topics if missing")
     _config_arg(create)
     create.set_defaults(func=cmd_topics_create)
+
+    from forwarder.formats import format_names
+
+    render = commands.add_parser(
+        "render", help="render webhook bodies (files or stdin, JSON or NDJSON) in an output format"
+    )
+    _config_arg(render)
+    render.add_argument("-f", "--format", default="ecs", choices=format_names())
+    render.add_argument("--token-id", default="render", help="token name to attribute bodies to")
+    render.add_argument("--account", help="Aha! account (organization.name)")
+    render.add_argument("files", nargs="*", type=Path, help="body files; none or - reads stdin")
+    render.set_defaults(func=cmd_render)
 
     broker = commands.add_parser("broker", help="the embedded development broker")
     broker.add_argument("action", choices=["start", "stop", "status"])

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from forwarder.formats.options import FormatsConfig
+
 ENV_PREFIX = "AHA_SIEM_"
 ENV_NESTING = "__"
 
@@ -42,6 +44,10 @@ class KafkaConfig(_Model):
     """Client id sent to the brokers (suffixed with the process role)."""
     request_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long a metadata or admin request may take."""
+    idempotent_producer: bool = True
+    """Idempotent producers (no duplicates from retries); off only for brokers without it (Tansu)."""
+    session_timeout_seconds: float = Field(default=30.0, gt=1)
+    """Consumer group session timeout of the worker: how fast a dead worker's partitions move."""
 
 
 class TopicsConfig(_Model):
@@ -174,13 +180,26 @@ class FileSinkConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
     """Sink name: used in metrics, consumer group and DLQ topic names."""
     path: Path
-    """NDJSON file the events are appended to."""
+    """File the events are appended to, one per line."""
+    format: str = "ecs"
+    """Format of each line: ecs (NDJSON), cef, leef, ocsf, syslog-cef, ... (see `aha-siem render -h`)."""
     batch_max_events: int = Field(default=500, ge=1)
     """Largest batch written (and fsync'd) at once."""
     batch_max_seconds: float = Field(default=0.5, gt=0)
     """Longest time an event waits for its batch to fill."""
     fsync: bool = True
     """fsync after every batch before acknowledging it."""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from forwarder.formats import format_names
+
+        if value not in format_names():
+            raise ValueError(
+                f"unknown format {value!r}; expected one of {', '.join(format_names())}"
+            )
+        return value
 
 
 SinkConfig = Annotated[FileSinkConfig, Field(discriminator="type")]
@@ -194,6 +213,8 @@ class Config(_Model):
     ingest: IngestConfig = IngestConfig()
     worker: WorkerConfig = WorkerConfig()
     sinks: tuple[SinkConfig, ...] = ()
+    formats: FormatsConfig = FormatsConfig()
+    """Options of the output formats (CEF severities, LEEF delimiter, syslog framing)."""
 
     @model_validator(mode="after")
     def _unique_sinks(self) -> Config:

@@ -68,7 +68,7 @@ def dev_token(state_dir: Path) -> str:
 def dev_config(
     state_dir: Path,
     base_config: Path | None,
-    bootstrap: str,
+    broker: devbroker.BrokerInfo,
     port: int,
     metrics_port: int,
     token: str,
@@ -76,7 +76,11 @@ def dev_config(
     """The config tree dev runs with: the base config plus the dev broker, token and file sink."""
     base = load(base_config) if base_config else parse({})
     tree = base.model_dump(mode="json")
-    tree["kafka"]["bootstrap_servers"] = bootstrap
+    tree["kafka"]["bootstrap_servers"] = broker.bootstrap
+    if broker.kind == "tansu":
+        # Tansu answers InitProducerId with an error, and delays a group's first join by half
+        # the session timeout (docs/decisions/0001-kafka-harness.md).
+        tree["kafka"].update(idempotent_producer=False, session_timeout_seconds=6)
     tree["ingest"].update(
         host="127.0.0.1",
         port=port,
@@ -146,7 +150,7 @@ def run_dev(
     config_path = state_dir / "config.yaml"
     config_path.write_text(
         yaml.safe_dump(
-            dev_config(state_dir, base_config, broker.bootstrap, port, metrics_port, token),
+            dev_config(state_dir, base_config, broker, port, metrics_port, token),
             sort_keys=False,
         )
     )

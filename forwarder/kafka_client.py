@@ -79,7 +79,7 @@ class KafkaBodyProducer:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._config.kafka.bootstrap_servers,
             client_id=f"{self._config.kafka.client_id}-{self._role}",
-            enable_idempotence=True,
+            enable_idempotence=self._config.kafka.idempotent_producer,
             acks="all",
             linger_ms=2,
             request_timeout_ms=int(self._config.kafka.request_timeout_seconds * 1000),

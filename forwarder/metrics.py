@@ -125,6 +125,12 @@ class WorkerMetrics:
             ["sink"],
             registry=registry,
         )
+        self.sink_dead_lettered = Counter(
+            "aha_siem_sink_dead_lettered_total",
+            "Events sent to the sink's dead-letter topic, by sink and reason (rejected, encode).",
+            ["sink", "reason"],
+            registry=registry,
+        )
         self.sink_batch_duration = Histogram(
             "aha_siem_sink_send_duration_seconds",
             "Time to deliver one batch, by sink.",

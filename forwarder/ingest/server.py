@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -42,7 +43,9 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> Inge
     return IngestApp(config, writer, registry, metrics)
 
 
-def header_timeout_protocol(seconds: float, on_timeout: Any) -> type[HttpToolsProtocol]:
+def header_timeout_protocol(
+    seconds: float, on_timeout: Callable[[], None]
+) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, closing connections that are slow to send request headers.
 
     uvicorn has no header timeout of its own: without one, a client that trickles header bytes
@@ -103,18 +106,22 @@ def _reload_certificate(server_config: uvicorn.Config, config: Config) -> None:
     log.info("TLS certificate reloaded", extra={"cert_file": str(tls.cert_file)})
 
 
-def server_config(config: Config, app: IngestApp) -> uvicorn.Config:
-    """uvicorn settings for the ingest."""
+def server_config(
+    config: Config, app: Any, on_header_timeout: Callable[[], None] | None = None
+) -> uvicorn.Config:
+    """uvicorn settings for the ingest (also used by the benchmark for its baseline app)."""
     settings = config.ingest
-    metrics = app.metrics
     tls = settings.tls
+    if on_header_timeout is None and isinstance(app, IngestApp):
+        metrics = app.metrics
+        on_header_timeout = lambda: metrics.rejected.labels("header_timeout").inc()  # noqa: E731
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
         http=header_timeout_protocol(
-            settings.header_timeout_seconds, lambda: metrics.rejected.labels("header_timeout").inc()
+            settings.header_timeout_seconds, on_header_timeout or (lambda: None)
         ),
         lifespan="on",
         # The access log would write the request path, and the path carries the token.
@@ -129,8 +136,8 @@ def server_config(config: Config, app: IngestApp) -> uvicorn.Config:
     )
 
 
-async def _serve(config: Config) -> None:
-    app = build_app(config)
+async def serve_app(config: Config, app: Any) -> None:
+    """Serve an ASGI app on the ingest's server settings until SIGINT/SIGTERM."""
     uv_config = server_config(config, app)
     uv_config.load()
     server = uvicorn.Server(uv_config)
@@ -152,4 +159,4 @@ def serve(config: Config) -> None:
     """Serve until SIGINT/SIGTERM: stop accepting, finish in-flight requests, flush the producer."""
     if not config.ingest.tokens:
         log.warning("no webhook tokens configured: every webhook will be answered 401")
-    uvloop.run(_serve(config))
+    uvloop.run(serve_app(config, build_app(config)))

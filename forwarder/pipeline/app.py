@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from forwarder import records
 from forwarder.config import Config
+from forwarder.formats import Encoder, encoder_for
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline.normalize import Provenance, normalize_raw
 from forwarder.sinks import SinkError, create_sink
@@ -49,6 +50,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         topic_replication_factor=config.topics.replication_factor,
         topic_partitions=config.topics.partitions,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=config.kafka.session_timeout_seconds,
         producer_acks=-1,
         autodiscover=False,
     )
@@ -89,7 +91,10 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         dlq_topic = app.topic(
             f"{config.topics.dlq_prefix}{sink.name}", key_serializer="raw", value_serializer="raw"
         )
-        agent = _sink_agent(sink, sink_config, dlq_topic, metrics)
+        encode = None
+        if sink_config.format != "ecs":
+            encode = encoder_for(sink_config.format, config.formats)
+        agent = _sink_agent(sink, sink_config, dlq_topic, metrics, encode)
         app.agent(events_topic, name=f"sink-{sink.name}")(agent)
     return app
 
@@ -105,7 +110,11 @@ def _received_at(headers: dict[str, str]) -> float | None:
 
 
 def _sink_agent(
-    sink: Sink, sink_config: Any, dlq_topic: faust.TopicT, metrics: WorkerMetrics
+    sink: Sink,
+    sink_config: Any,
+    dlq_topic: faust.TopicT,
+    metrics: WorkerMetrics,
+    encode: Encoder | None,
 ) -> Any:
     async def run(stream: faust.StreamT) -> None:
         await sink.start()
@@ -122,37 +131,64 @@ def _sink_agent(
                 sink_config.batch_max_events, sink_config.batch_max_seconds
             )
             async for batch in batches:
-                await _ship(sink, batch, dlq_topic, metrics)
+                await _ship(sink, batch, dlq_topic, metrics, encode)
         finally:
             await sink.close()
 
     return run
 
 
+async def _dead_letter(
+    dlq_topic: faust.TopicT, event: EventT, value: bytes, error: str, attempts: int, first: str
+) -> None:
+    headers = [
+        (records.HEADER_ERROR, error.encode()),
+        ("attempts", str(attempts).encode()),
+        ("first-failed-at", first.encode()),
+    ]
+    delivery = await dlq_topic.send(key=event.message.key, value=value, headers=headers)
+    await delivery  # durable in the DLQ before Faust may ack the source event
+
+
 async def _ship(
-    sink: Sink, batch: Sequence[EventT], dlq_topic: faust.TopicT, metrics: WorkerMetrics
+    sink: Sink,
+    batch: Sequence[EventT],
+    dlq_topic: faust.TopicT,
+    metrics: WorkerMetrics,
+    encode: Encoder | None,
 ) -> None:
     # Never let a failure escape: Faust acks a batch whose agent raised (see DESIGN.md).
-    values = [event.message.value or b"" for event in batch]
     first_try = records.utc_now_iso()
+    events: list[EventT] = []
+    values: list[bytes] = []
+    payloads: list[bytes] = []
+    for event in batch:
+        value = event.message.value or b""
+        try:
+            # The sink gets its format; the DLQ keeps the normalized event for a replay.
+            payload = value if encode is None else encode(orjson.loads(value))
+        except Exception as error:
+            metrics.sink_dead_lettered.labels(sink.name, "encode").inc()
+            await _dead_letter(dlq_topic, event, value, f"encode failed: {error!r}", 0, first_try)
+            continue
+        events.append(event)
+        values.append(value)
+        payloads.append(payload)
+    if not payloads:
+        return
     try:
-        await deliver(sink, values, metrics)
+        await deliver(sink, payloads, metrics)
     except SinkError as error:
         log.error(
             "sink rejected batch, dead-lettering",
-            extra={"sink": sink.name, "events": len(batch), "error": str(error)},
+            extra={"sink": sink.name, "events": len(payloads), "error": str(error)},
         )
-        for event, value in zip(batch, values, strict=True):
-            headers = [
-                (records.HEADER_ERROR, str(error).encode()),
-                ("attempts", b"1"),
-                ("first-failed-at", first_try.encode()),
-            ]
-            delivery = await dlq_topic.send(key=event.message.key, value=value, headers=headers)
-            await delivery
+        metrics.sink_dead_lettered.labels(sink.name, "rejected").inc(len(payloads))
+        for event, value in zip(events, values, strict=True):
+            await _dead_letter(dlq_topic, event, value, str(error), error.attempts, first_try)
         return
     now = time.time()
-    for event in batch:
+    for event in events:
         received = _received_at(records.decode_headers(event.headers))
         if received is not None:
             metrics.end_to_end.labels(sink.name).observe(max(0.0, now - received))
