@@ -23,6 +23,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import load, median, worker
+from bench.formats import bench_formats
 from forwarder import devbroker
 from forwarder.config import IngestConfig, hash_token
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--events", type=int, default=20_000, help="raw records per worker run")
     parser.add_argument("--worker-rounds", type=int, default=1)
-    parser.add_argument("--only", choices=("ingest", "worker"))
+    parser.add_argument("--only", choices=("ingest", "worker", "formats"))
     parser.add_argument("--broker-kind", default="kafka", choices=devbroker.KINDS)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -237,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("wrk is not installed (apt-get install wrk)")
     args.generator = "httpx" if args.generator == "httpx" else found
 
+    if args.only == "formats":
+        rows = bench_formats()
+        add_ratios(rows)
+        print("formats: sample corpus, median of 5 rounds x 0.5 s; ratio to orjson.dumps\n")
+        print(table(rows))
+        return 0
     external = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
     if external:
         bootstrap, broker_kind = external, "external (KAFKA_BOOTSTRAP)"
@@ -259,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only != "ingest":
             _log(f"worker: {args.events} records, {args.worker_rounds} round(s)")
             rows += bench_worker(args, bootstrap, prefix, work)
+        if args.only is None:
+            _log("formats: every encoder over the sample corpus")
+            rows += bench_formats()
     finally:
         if external:
             with contextlib.suppress(Exception):
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             f"worker: {args.events} records, {worker.PARTITIONS} partitions, median of "
             f"{args.worker_rounds} round(s); ratio to the aiokafka pass-through"
         )
+    if args.only is None:
+        info.append("formats: sample corpus, median of 5 rounds x 0.5 s; ratio to orjson.dumps")
     print("\n".join(info) + "\n\n" + table(rows))
     if args.json:
         args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")

@@ -199,7 +199,9 @@ def _generic(doc: dict[str, Any], event_type: str, inner: Mapping[str, Any]) -> 
     action = _text(inner.get("action"))
     event["action"] = f"{event_type}-{action}" if action else event_type
     # Payloads other than audits are not documented: only a name that says so is a failure.
-    failed = bool(action) and any(word in action.lower() for word in ("fail", "denied", "rejected"))
+    failed = action is not None and any(
+        word in action.lower() for word in ("fail", "denied", "rejected")
+    )
     event["outcome"] = "failure" if failed else "unknown"
     user = _user(inner.get("user"))
     if user:
