@@ -113,6 +113,38 @@ class WorkerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.dedupe_dropped = Counter(
+            "aha_siem_dedupe_dropped_total",
+            "Audits not shipped, by reason: exact (a copy) or collated (everything already shipped).",
+            ["reason"],
+            registry=registry,
+        )
+        self.dedupe_revisions = Counter(
+            "aha_siem_dedupe_revisions_total",
+            "Audits that reuse an earlier audit's id with other content (collation revisions).",
+            registry=registry,
+        )
+        self.dedupe_records = Gauge(
+            "aha_siem_dedupe_records",
+            "Records with dedupe state in this worker's partitions (updated by the sweep).",
+            registry=registry,
+        )
+        self.dedupe_expired = Counter(
+            "aha_siem_dedupe_expired_total",
+            "Records whose dedupe state expired and was removed.",
+            registry=registry,
+        )
+        self.dedupe_held = Gauge(
+            "aha_siem_dedupe_held_groups",
+            "window mode: records whose audits are held, waiting for their window to close.",
+            registry=registry,
+        )
+        self.dedupe_held_seconds = Histogram(
+            "aha_siem_dedupe_held_seconds",
+            "window mode: time the first audit of a merged event was held.",
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
+        )
         self.sink_events = Counter(
             "aha_siem_sink_events_sent_total",
             "Events a sink's destination acknowledged, by sink.",

@@ -25,5 +25,7 @@ def assert_valid_event(event: Any) -> None:
     """Fail with every violation of the published event schema."""
     errors = sorted(_validator().iter_errors(event), key=lambda error: list(error.path))
     if errors:
-        lines = [f"{'/'.join(map(str, error.path)) or '(root)'}: {error.message}" for error in errors]
+        lines = [
+            f"{'/'.join(map(str, error.path)) or '(root)'}: {error.message}" for error in errors
+        ]
         raise AssertionError("event violates the schema:\n" + "\n".join(lines))

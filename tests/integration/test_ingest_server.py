@@ -240,13 +240,17 @@ def test_kafka_outages_spool_answer_202_fast_and_drain_in_order_after_sigkill(
         devbroker.stop(state)
 
 
-def test_sigterm_finishes_in_flight_requests_and_flushes_to_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
+def test_sigterm_finishes_in_flight_requests_and_flushes_to_kafka(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
     tree = ingest_config(tmp_path, kafka_bootstrap)
     tree["topics"] = {"raw": f"graceful-{time.monotonic_ns()}.raw", "partitions": 1}
     port = tree["ingest"]["port"]
     body = _burst_body(1)
     with ingest_process(tmp_path, tree) as process:
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", [process], {"ingest": tmp_path / "ingest.log"})
+        wait_http_ok(
+            f"http://127.0.0.1:{port}/readyz", [process], {"ingest": tmp_path / "ingest.log"}
+        )
         with socket.create_connection(("127.0.0.1", port)) as client:
             head = (
                 f"POST /v1/aha/{TOKEN} HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n"

@@ -25,7 +25,9 @@ class FlakyProducer:
     async def stop(self) -> None:
         pass
 
-    async def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]) -> None:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
         while not self.up:
             await asyncio.sleep(0.01)
         self.sent.append(value)
@@ -41,7 +43,9 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
             await asyncio.sleep(0.02)
 
 
-async def test_outage_goes_to_the_spool_and_drains_in_order_then_writes_go_direct(tmp_path: Path) -> None:
+async def test_outage_goes_to_the_spool_and_drains_in_order_then_writes_go_direct(
+    tmp_path: Path,
+) -> None:
     registry = CollectorRegistry()
     producer = FlakyProducer()
     writer = DurableWriter(

@@ -158,7 +158,9 @@ def test_a_lone_change_that_is_not_a_list_is_kept() -> None:
         (1764252312, "2026-11-27T14:10:12.990Z"),
     ],
 )
-def test_timestamp_is_normalized_or_falls_back_to_arrival(created_at: object, timestamp: str) -> None:
+def test_timestamp_is_normalized_or_falls_back_to_arrival(
+    created_at: object, timestamp: str
+) -> None:
     doc = normalize(
         {"event": "audit", "audit": {"created_at": created_at}},
         Provenance(received_at="2026-11-27T14:10:12.990Z"),

@@ -23,10 +23,16 @@ def test_every_sample_renders_in_every_format() -> None:
 
 
 def test_ndjson_on_stdin_renders_one_ecs_event_per_body() -> None:
-    bodies = [(SAMPLES / "feature_create.json").read_bytes(), (SAMPLES / "release_destroy.json").read_bytes()]
+    bodies = [
+        (SAMPLES / "feature_create.json").read_bytes(),
+        (SAMPLES / "release_destroy.json").read_bytes(),
+    ]
     ndjson = b"\n".join(orjson.dumps(orjson.loads(body)) for body in bodies) + b"\n"
     out = io.BytesIO()
-    assert render([], "ecs", token_id="acme-prod", account="acme", out=out, stdin=io.BytesIO(ndjson)) == 2
+    assert (
+        render([], "ecs", token_id="acme-prod", account="acme", out=out, stdin=io.BytesIO(ndjson))
+        == 2
+    )
     events = [orjson.loads(line) for line in out.getvalue().splitlines()]
     for event in events:
         assert_valid_event(event)

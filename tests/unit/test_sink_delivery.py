@@ -39,7 +39,8 @@ def metrics() -> tuple[WorkerMetrics, CollectorRegistry]:
 
 async def test_retriable_failures_are_retried_until_delivered() -> None:
     sink = ScriptedSink(
-        SinkError("503", retriable=True, retry_after=0.01), SinkError("timeout", retriable=True, retry_after=0.01)
+        SinkError("503", retriable=True, retry_after=0.01),
+        SinkError("timeout", retriable=True, retry_after=0.01),
     )
     worker_metrics, registry = metrics()
     await deliver(sink, [b"a", b"b"], worker_metrics)
@@ -51,11 +52,15 @@ async def test_retriable_failures_are_retried_until_delivered() -> None:
 
 
 async def test_a_rejection_is_raised_with_its_attempt_count_and_not_retried() -> None:
-    sink = ScriptedSink(SinkError("503", retriable=True, retry_after=0.01), SinkError("400 bad", retriable=False))
+    sink = ScriptedSink(
+        SinkError("503", retriable=True, retry_after=0.01), SinkError("400 bad", retriable=False)
+    )
     worker_metrics, registry = metrics()
     with pytest.raises(SinkError) as raised:
         await deliver(sink, [b"a"], worker_metrics)
     assert raised.value.attempts == 2
     assert sink.calls == 2
     assert sink.delivered == []
-    assert registry.get_sample_value("aha_siem_sink_events_sent_total", {"sink": "scripted"}) is None
+    assert (
+        registry.get_sample_value("aha_siem_sink_events_sent_total", {"sink": "scripted"}) is None
+    )
