@@ -173,6 +173,26 @@ class WorkerConfig(_Model):
     """Port of the worker's /metrics listener; 0 disables it."""
     include_original: bool = False
     """Copy the raw body into `event.original` (larger events, full fidelity)."""
+    batch_max_events: int = Field(default=500, ge=1)
+    """Raw records normalized per batch (one Kafka round trip per batch)."""
+    batch_max_seconds: float = Field(default=0.05, gt=0)
+    """Longest a raw record waits for its batch to fill."""
+
+
+class DedupeConfig(_Model):
+    mode: Literal["realtime", "window", "off"] = "realtime"
+    """realtime: ship on arrival unless already shipped; window: merge a record's audits; off."""
+    collation_horizon_seconds: float = Field(default=3600.0, gt=0)
+    """Audits of one record this far apart (by created_at) are compared for collation."""
+    retention_seconds: float = Field(default=7 * 86400.0, gt=0)
+    """How long a record's state is kept after its last audit (exact copies from resends and
+    backfills are recognized for this long)."""
+    max_audits_per_record: int = Field(default=1000, ge=10)
+    """Audit ids remembered per record (the oldest are forgotten first)."""
+    window_seconds: float = Field(default=60.0, gt=0)
+    """window mode: how long a record's audits are held before the merged event ships."""
+    sweep_interval_seconds: float = Field(default=600.0, gt=0)
+    """How often expired state is removed and the state gauges are updated."""
 
 
 class FileSinkConfig(_Model):
@@ -213,6 +233,8 @@ class Config(_Model):
     ingest: IngestConfig = IngestConfig()
     worker: WorkerConfig = WorkerConfig()
     sinks: tuple[SinkConfig, ...] = ()
+    dedupe: DedupeConfig = DedupeConfig()
+    """Dropping exact copies and audits that collated audits already carry."""
     formats: FormatsConfig = FormatsConfig()
     """Options of the output formats (CEF severities, LEEF delimiter, syslog framing)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +19,8 @@ from forwarder import records
 from forwarder.config import Config
 from forwarder.formats import Encoder, encoder_for
 from forwarder.metrics import WorkerMetrics
-from forwarder.pipeline.normalize import Provenance, normalize_raw
+from forwarder.pipeline import dedupe
+from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
 from forwarder.sinks import SinkError, create_sink
 from forwarder.sinks.base import Sink, deliver
 
@@ -45,7 +48,8 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         broker=broker_urls(config.kafka.bootstrap_servers),
         broker_client_id=f"{config.kafka.client_id}-worker",
         web_enabled=False,
-        store="memory://",
+        # Dedupe state must survive restarts: RocksDB on local disk, its changelog in Kafka.
+        store="rocksdb://" if config.dedupe.mode != "off" else "memory://",
         datadir=str(config.worker.data_dir),
         topic_replication_factor=config.topics.replication_factor,
         topic_partitions=config.topics.partitions,
@@ -59,30 +63,112 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
     accounts = config.token_accounts()
     include_original = config.worker.include_original
 
+    dedupe_config = config.dedupe
+    table = None
+    if dedupe_config.mode != "off":
+        table = app.Table(
+            "dedupe",
+            default=None,
+            partitions=config.topics.partitions,
+            # bytes both ways: Faust then uses the raw codec for the store and the changelog
+            # alike (a schema's serializers are not used when the changelog is recovered).
+            key_type=bytes,
+            value_type=bytes,
+            help="Per record: audit ids and hashes seen, changes and users shipped.",
+        )
+
+    def provenance_of(headers: dict[str, str]) -> Provenance:
+        token_id = headers.get(records.HEADER_TOKEN_ID)
+        return Provenance(
+            received_at=headers.get(records.HEADER_RECEIVED_AT),
+            source=headers.get(records.HEADER_SOURCE),
+            source_ip=headers.get(records.HEADER_SOURCE_IP),
+            token_id=token_id,
+            body_sha256=headers.get(records.HEADER_BODY_SHA256),
+            account=accounts.get(token_id) if token_id else None,
+        )
+
+    def decide(
+        key: bytes, value: bytes, body: Any, headers: dict[str, str], pending: dict[bytes, Any]
+    ) -> dedupe.Decision | None:
+        if table is None or not key:
+            return None
+        body_sha256 = headers.get(records.HEADER_BODY_SHA256) or hashlib.sha256(value).hexdigest()
+        state = pending[key] if key in pending else dedupe.decode_state(table.get(key))
+        decision = dedupe.decide(
+            state,
+            dedupe.subject(body, body_sha256),
+            event_time=event_epoch(body) or _received_at(headers) or time.time(),
+            now=time.time(),
+            horizon=dedupe_config.collation_horizon_seconds,
+            max_audits=dedupe_config.max_audits_per_record,
+        )
+        pending[key] = decision.state
+        if decision.revision:
+            metrics.dedupe_revisions.inc()
+        if not decision.ship:
+            metrics.dedupe_dropped.labels(decision.reason or "unknown").inc()
+        return decision
+
     async def normalize_agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            headers = records.decode_headers(event.headers)
-            token_id = headers.get(records.HEADER_TOKEN_ID)
-            provenance = Provenance(
-                received_at=headers.get(records.HEADER_RECEIVED_AT),
-                source=headers.get(records.HEADER_SOURCE),
-                source_ip=headers.get(records.HEADER_SOURCE_IP),
-                token_id=token_id,
-                body_sha256=headers.get(records.HEADER_BODY_SHA256),
-                account=accounts.get(token_id) if token_id else None,
-            )
-            value = event.message.value or b""
-            metrics.events_in.inc()
-            doc = normalize_raw(
-                value, provenance, now=records.utc_now_iso(), include_original=include_original
-            )
-            carried = [
-                (name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers
+        # Batches: each event's dedupe state is written only after the events it let through
+        # are acknowledged by Kafka, so a crash in between ships again rather than never.
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            config.worker.batch_max_events, config.worker.batch_max_seconds
+        )
+        async for batch in batches:
+            pending: dict[bytes, Any] = {}
+            source_event: dict[bytes, EventT] = {}
+            outgoing: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+            for event in batch:
+                metrics.events_in.inc()
+                headers = records.decode_headers(event.headers)
+                value = event.message.value or b""
+                key = event.message.key
+                body = parse_body(value)
+                decision = decide(key, value, body, headers, pending)
+                if key:
+                    source_event[key] = event
+                if decision is not None and not decision.ship:
+                    continue
+                doc = normalize(
+                    body,
+                    provenance_of(headers),
+                    now=records.utc_now_iso(),
+                    original=value if include_original else None,
+                )
+                if decision is not None:
+                    dedupe.annotate(doc, decision)
+                carried = [
+                    (name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers
+                ]
+                outgoing.append((key, orjson.dumps(doc), carried))
+                kind = "audit" if doc["aha"]["event"] == "audit" else "other"
+                metrics.events_out.labels(kind).inc()
+            await _send_all(events_topic, outgoing)
+            if table is not None:
+                for key, state in pending.items():
+                    # A table write goes to the changelog partition of the current event: make
+                    # that the event the key came with, not the last event of the batch.
+                    stream._set_current_event(source_event[key])  # type: ignore[attr-defined]
+                    table[key] = dedupe.encode_state(state)
+
+    if table is not None:
+
+        @app.timer(interval=dedupe_config.sweep_interval_seconds)
+        async def sweep_dedupe_state() -> None:
+            now = time.time()
+            expired = [
+                key
+                for key, raw in list(table.items())
+                if dedupe.expired(
+                    dedupe.decode_state(raw) or {}, now, dedupe_config.retention_seconds
+                )
             ]
-            await events_topic.send(key=event.message.key, value=orjson.dumps(doc), headers=carried)
-            metrics.events_out.labels(
-                doc["aha"]["event"] if doc["aha"]["event"] == "audit" else "other"
-            ).inc()
+            for key in expired:
+                del table[key]
+            metrics.dedupe_expired.inc(len(expired))
+            metrics.dedupe_records.set(len(table))
 
     app.agent(raw_topic, name="normalize")(normalize_agent)
 
@@ -97,6 +183,36 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         agent = _sink_agent(sink, sink_config, dlq_topic, metrics, encode)
         app.agent(events_topic, name=f"sink-{sink.name}")(agent)
     return app
+
+
+async def _send_all(
+    topic: faust.TopicT, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Produce every message and return once Kafka acknowledged all of them.
+
+    A failure is retried until it succeeds: raising here would let Faust ack the batch.
+    """
+    attempt = 0
+    while messages:
+        futures = [
+            await topic.send(key=key, value=value, headers=headers)
+            for key, value, headers in messages
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [
+            message
+            for message, result in zip(messages, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if failed:
+            attempt += 1
+            delay = min(30.0, 0.5 * 2**attempt)
+            log.warning(
+                "produce failed, retrying",
+                extra={"topic": topic.get_topic_name(), "failed": len(failed), "retry_in": delay},
+            )
+            await asyncio.sleep(delay)
+        messages = failed
 
 
 def _received_at(headers: dict[str, str]) -> float | None:

@@ -211,10 +211,8 @@ def _generic(doc: dict[str, Any], event_type: str, inner: Mapping[str, Any]) -> 
     doc["aha"] = {"event": event_type, event_type: dict(inner)}
 
 
-def normalize_raw(
-    raw: bytes, provenance: Provenance, *, now: str, include_original: bool = False
-) -> dict[str, Any]:
-    """Normalize raw bytes from the raw topic; bytes that are not a webhook become a generic event."""
+def parse_body(raw: bytes) -> Mapping[str, Any]:
+    """A raw record's body; bytes that are not a JSON object become an `unparsed` event."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -222,4 +220,21 @@ def normalize_raw(
     if not isinstance(body, Mapping):
         # The ingest validates bodies, so this is a record produced by someone else: keep it.
         body = {"event": "unparsed", "unparsed": {"raw": raw.decode("utf-8", "replace")}}
-    return normalize(body, provenance, now=now, original=raw if include_original else None)
+    return body
+
+
+def event_epoch(body: Mapping[str, Any]) -> float | None:
+    """When the event happened (its `created_at`), as a Unix time, if it says."""
+    event_type = body.get("event")
+    inner = body.get(event_type) if isinstance(event_type, str) else None
+    stamp = _timestamp(inner.get("created_at")) if isinstance(inner, Mapping) else None
+    return datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+
+def normalize_raw(
+    raw: bytes, provenance: Provenance, *, now: str, include_original: bool = False
+) -> dict[str, Any]:
+    """Normalize raw bytes from the raw topic; bytes that are not a webhook become a generic event."""
+    return normalize(
+        parse_body(raw), provenance, now=now, original=raw if include_original else None
+    )

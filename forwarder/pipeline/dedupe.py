@@ -1,0 +1,222 @@
+"""Dedupe decisions: exact copies, collated audits and their parts. Pure functions over one record's state.
+
+The rule (docs/decisions/0004-dedupe-rule.md): an audit ships unless everything it carries — each
+change (field and value) and each user — was already shipped for its record within the collation
+horizon. Exact copies (same id, same content) are dropped. The same rule holds for pre-collation
+and collated audits, so the outcome does not depend on the order they arrive in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# State of one record, as stored in the table (orjson bytes):
+#   "a": {audit_id: [content_hash, event_time, shipped, [field names], [user keys]]}
+#   "i": {item_key: [audit_id, event_time]}   changes (and actions) already shipped
+#   "u": {user_key: event_time}                users already shipped
+#   "seen": processing time of the last audit, for expiry
+State = dict[str, Any]
+
+_SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one audit, and the record's state afterwards."""
+
+    ship: bool
+    reason: str | None  # why it was dropped: "exact" or "collated"
+    revision: bool  # same id as an earlier audit, different content
+    collated: bool  # carries contributors, or revises an id
+    supersedes: list[str] = field(default_factory=list)
+    repeated: list[int] = field(default_factory=list)  # indices of changes shipped before
+    state: State = field(default_factory=dict)
+
+
+def _canonical(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def user_key(user: Any) -> str | None:
+    """A stable key for a user record: the id, else the e-mail, else the name."""
+    if not isinstance(user, Mapping):
+        return None
+    for name in ("id", "email", "name"):
+        value = user.get(name)
+        if value not in (None, ""):
+            return f"{name}:{value}"
+    return None
+
+
+def _changes(audit: Mapping[str, Any]) -> list[Any]:
+    changes = audit.get("changes")
+    if changes is None:
+        return []
+    return changes if isinstance(changes, list) else [changes]
+
+
+def change_key(change: Any) -> str:
+    """A change's identity: its field and its exact value."""
+    if isinstance(change, Mapping):
+        return f"{change.get('field_name')}{_SEP}{_canonical(change.get('value'))}"
+    return f"None{_SEP}{_canonical(change)}"
+
+
+def _field(change: Any) -> str:
+    return str(change.get("field_name")) if isinstance(change, Mapping) else "None"
+
+
+def audit_items(audit: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The change keys and user keys an audit carries."""
+    items = [change_key(change) for change in _changes(audit)]
+    action = audit.get("audit_action")
+    if action != "update" or not items:
+        # A create or destroy is itself something to ship; so is an update that names nothing.
+        items.append(f"@{action}{_SEP}{audit.get('id')}" if not items else f"@{action}")
+    users = [key for key in (user_key(audit.get("user")),) if key]
+    for contributor in audit.get("contributors") or ():
+        key = user_key(contributor)
+        if key and key not in users:
+            users.append(key)
+    return items, users
+
+
+def content_hash(audit: Mapping[str, Any]) -> str:
+    """Hash of what an audit says (not how it was formatted), to tell copies from revisions."""
+    projection = {
+        "action": audit.get("audit_action"),
+        "record": [audit.get("auditable_type"), audit.get("auditable_id")],
+        "user": user_key(audit.get("user")),
+        "contributors": sorted(filter(None, map(user_key, audit.get("contributors") or ()))),
+        "changes": [change_key(change) for change in _changes(audit)],
+    }
+    return hashlib.sha256(_canonical(projection).encode()).hexdigest()[:32]
+
+
+def _prune(state: State, newest: float, horizon: float) -> None:
+    floor = newest - horizon
+    state["i"] = {key: value for key, value in state["i"].items() if value[1] >= floor}
+    state["u"] = {key: at for key, at in state["u"].items() if at >= floor}
+
+
+def _bound_audits(state: State, max_audits: int) -> None:
+    audits = state["a"]
+    if len(audits) > max_audits:
+        oldest_first = sorted(audits, key=lambda audit_id: audits[audit_id][1])
+        for audit_id in oldest_first[: len(audits) - max_audits]:
+            del audits[audit_id]
+
+
+def decide(
+    state: State | None,
+    audit: Mapping[str, Any],
+    *,
+    event_time: float,
+    now: float,
+    horizon: float,
+    max_audits: int = 1000,
+) -> Decision:
+    """Decide about one audit of a record given what was seen of that record before."""
+    state = (
+        {"a": {}, "i": {}, "u": {}, "seen": now}
+        if state is None
+        else {**state, "a": dict(state["a"]), "i": dict(state["i"]), "u": dict(state["u"])}
+    )
+    state["seen"] = now
+    audit_id = str(audit.get("id"))
+    digest = content_hash(audit)
+    items, users = audit_items(audit)
+    fields = sorted({_field(change) for change in _changes(audit)})
+    earlier = state["a"].get(audit_id)
+    if earlier is not None and earlier[0] == digest:
+        return Decision(False, "exact", False, False, state=state)
+    revision = earlier is not None
+    collated = revision or bool(audit.get("contributors"))
+    newest = max([event_time, *(entry[1] for entry in state["a"].values())])
+    _prune(state, newest, horizon)
+
+    def shipped(key: str, table: Mapping[str, Any]) -> bool:
+        entry = table.get(key)
+        if entry is None:
+            return False
+        at = entry[1] if isinstance(entry, list) else entry
+        return bool(abs(at - event_time) <= horizon)
+
+    covered = all(shipped(key, state["i"]) for key in items) and all(
+        shipped(key, state["u"]) for key in users
+    )
+    state["a"][audit_id] = [digest, event_time, not covered, fields, users]
+    _bound_audits(state, max_audits)
+    if covered:
+        return Decision(False, "collated", revision, collated, state=state)
+
+    repeated = [
+        index for index, key in enumerate(items[: len(_changes(audit))]) if shipped(key, state["i"])
+    ]
+    for key in items:
+        if not shipped(key, state["i"]):
+            state["i"][key] = [audit_id, event_time]
+    for key in users:
+        state["u"][key] = event_time
+    supersedes: list[str] = []
+    if collated:
+        # An earlier audit is covered when its fields and users are all in this one.
+        for other_id, (_, at, _, other_fields, other_users) in state["a"].items():
+            if (
+                other_id != audit_id
+                and abs(at - event_time) <= horizon
+                and set(other_fields) <= set(fields)
+                and set(other_users) <= set(users)
+            ):
+                supersedes.append(other_id)
+    return Decision(True, None, revision, collated, sorted(supersedes), repeated, state)
+
+
+def annotate(event: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """Mark a shipped ECS event with what dedupe knows: repeats and what it supersedes."""
+    changes = event.get("aha", {}).get("audit", {}).get("changes")
+    if isinstance(changes, list):
+        for index in decision.repeated:
+            if index < len(changes):
+                changes[index]["repeat"] = True
+    if decision.collated or decision.supersedes:
+        event["aha"]["collation"] = {
+            "supersedes": decision.supersedes,
+            "revision": decision.revision,
+        }
+    return event
+
+
+def expired(state: State, now: float, retention: float) -> bool:
+    """Whether a record's state has been idle longer than the retention."""
+    return bool(now - state.get("seen", now) > retention)
+
+
+def encode_state(state: State) -> bytes:
+    """Table value of a state."""
+    return orjson.dumps(state)
+
+
+def decode_state(raw: bytes | None) -> State | None:
+    """State from a table value."""
+    return None if raw is None else orjson.loads(raw)
+
+
+def subject(body: Mapping[str, Any], body_sha256: str) -> Mapping[str, Any]:
+    """What dedupe decides about: the audit, or for other event types a stand-in that only
+    recognizes exact copies (same id, same body)."""
+    event_type = body.get("event")
+    inner = body.get(event_type) if isinstance(event_type, str) else None
+    if event_type == "audit" and isinstance(inner, Mapping):
+        return inner
+    ident = inner.get("id") if isinstance(inner, Mapping) else None
+    return {
+        "id": f"{event_type}:{ident if ident is not None else body_sha256}",
+        "audit_action": f"@{event_type}",
+        "changes": [{"field_name": "@body", "value": body_sha256}],
+    }
