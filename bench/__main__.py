@@ -133,7 +133,8 @@ def bench_worker(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Pat
     names = list(worker.VARIANTS)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for round_no in range(args.worker_rounds):
-        for variant in names[round_no % 3 :] + names[: round_no % 3]:
+        shift = round_no % len(names)
+        for variant in names[shift:] + names[:shift]:
             result = asyncio.run(
                 worker.run_variant(variant, bootstrap, f"{prefix}.w{round_no}.{variant}", rows, tmp)
             )

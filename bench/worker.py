@@ -166,7 +166,9 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-async def run_faust(bootstrap: str, raw: str, events: str, app_id: str, n: int, tmp: Path) -> None:
+async def run_faust(
+    bootstrap: str, raw: str, events: str, app_id: str, n: int, tmp: Path, dedupe: str
+) -> None:
     """`python -m forwarder worker` (no sinks) until `events` holds N records, then SIGTERM."""
     tree = {
         "log_level": "warning",
@@ -179,6 +181,7 @@ async def run_faust(bootstrap: str, raw: str, events: str, app_id: str, n: int, 
         },
         "worker": {"app_id": app_id, "data_dir": str(tmp / app_id), "metrics_port": 0},
         "sinks": [],
+        "dedupe": {"mode": dedupe},
     }
     config = tmp / f"{app_id}.yaml"
     config.write_text(yaml.safe_dump(tree))
@@ -208,7 +211,8 @@ async def run_faust(bootstrap: str, raw: str, events: str, app_id: str, n: int, 
 VARIANTS: dict[str, str] = {
     "passthrough": "aiokafka consume->produce",
     "normalize": "aiokafka consume->normalize_raw->produce",
-    "faust": "faust normalize agent (no sinks)",
+    "faust": "faust normalize agent, dedupe on (no sinks)",
+    "faust-nodedupe": "faust normalize agent, dedupe off (no sinks)",
 }
 
 
@@ -220,8 +224,9 @@ async def run_variant(
     await prepare_topics(bootstrap, raw, events, rows)
     n = len(rows)
     started = time.time()
-    if variant == "faust":
-        await run_faust(bootstrap, raw, events, group, n, tmp)
+    if variant.startswith("faust"):
+        dedupe = "off" if variant == "faust-nodedupe" else "realtime"
+        await run_faust(bootstrap, raw, events, group, n, tmp, dedupe)
     else:
         await raw_loop(bootstrap, raw, events, group, n, normalize=variant == "normalize")
     total, first, last = await event_span(bootstrap, events)

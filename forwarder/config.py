@@ -180,8 +180,8 @@ class WorkerConfig(_Model):
 
 
 class DedupeConfig(_Model):
-    mode: Literal["realtime", "window", "off"] = "realtime"
-    """realtime: ship on arrival unless already shipped; window: merge a record's audits; off."""
+    mode: Literal["realtime", "off"] = "realtime"
+    """realtime: ship on arrival unless already shipped (docs/decisions/0004); off: ship all."""
     collation_horizon_seconds: float = Field(default=3600.0, gt=0)
     """Audits of one record this far apart (by created_at) are compared for collation."""
     retention_seconds: float = Field(default=7 * 86400.0, gt=0)
@@ -189,8 +189,6 @@ class DedupeConfig(_Model):
     backfills are recognized for this long)."""
     max_audits_per_record: int = Field(default=1000, ge=10)
     """Audit ids remembered per record (the oldest are forgotten first)."""
-    window_seconds: float = Field(default=60.0, gt=0)
-    """window mode: how long a record's audits are held before the merged event ships."""
     sweep_interval_seconds: float = Field(default=600.0, gt=0)
     """How often expired state is removed and the state gauges are updated."""
 

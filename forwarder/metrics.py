@@ -107,10 +107,21 @@ class WorkerMetrics:
             ["kind"],
             registry=registry,
         )
-        self.normalize_errors = Counter(
-            "aha_siem_worker_normalize_errors_total",
-            "Raw bodies that could not be normalized (shipped as a generic event), by reason.",
-            ["reason"],
+        self.assigned_partitions = Gauge(
+            "aha_siem_worker_assigned_partitions",
+            "Partitions of the raw topic assigned to this worker.",
+            registry=registry,
+        )
+        self.rebalancing = Gauge(
+            "aha_siem_worker_rebalancing",
+            "1 from start-up or the start of a consumer group rebalance until the tables are "
+            "recovered, else 0.",
+            registry=registry,
+        )
+        self.rebalancing.set(1)
+        self.rebalances = Counter(
+            "aha_siem_worker_rebalances_total",
+            "Consumer group rebalances this worker took part in.",
             registry=registry,
         )
         self.dedupe_dropped = Counter(
@@ -132,17 +143,6 @@ class WorkerMetrics:
         self.dedupe_expired = Counter(
             "aha_siem_dedupe_expired_total",
             "Records whose dedupe state expired and was removed.",
-            registry=registry,
-        )
-        self.dedupe_held = Gauge(
-            "aha_siem_dedupe_held_groups",
-            "window mode: records whose audits are held, waiting for their window to close.",
-            registry=registry,
-        )
-        self.dedupe_held_seconds = Histogram(
-            "aha_siem_dedupe_held_seconds",
-            "window mode: time the first audit of a merged event was held.",
-            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
             registry=registry,
         )
         self.sink_events = Counter(

@@ -6,12 +6,14 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
@@ -94,7 +96,9 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         if table is None or not key:
             return None
         body_sha256 = headers.get(records.HEADER_BODY_SHA256) or hashlib.sha256(value).hexdigest()
-        state = pending[key] if key in pending else dedupe.decode_state(table.get(key))
+        state = pending.get(key)
+        if state is None:
+            state = dedupe.decode_state(table.get(key))
         decision = dedupe.decide(
             state,
             dedupe.subject(body, body_sha256),
@@ -126,6 +130,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 value = event.message.value or b""
                 key = event.message.key
                 body = parse_body(value)
+                _use_partition_of(event)
                 decision = decide(key, value, body, headers, pending)
                 if key:
                     source_event[key] = event
@@ -148,9 +153,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             await _send_all(events_topic, outgoing)
             if table is not None:
                 for key, state in pending.items():
-                    # A table write goes to the changelog partition of the current event: make
-                    # that the event the key came with, not the last event of the batch.
-                    stream._set_current_event(source_event[key])  # type: ignore[attr-defined]
+                    _use_partition_of(source_event[key])
                     table[key] = dedupe.encode_state(state)
 
     if table is not None:
@@ -172,6 +175,23 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
 
     app.agent(raw_topic, name="normalize")(normalize_agent)
 
+    # Rebalance state for operators (and for tests that must not post into a moving group).
+    # (mode's signal stubs require a positional-only sender that a def cannot express in 3.11
+    # without `/`, which mypy then still rejects for *args: hence the ignores.)
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        metrics.rebalancing.set(1)
+        metrics.rebalances.inc()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", ())
+        metrics.assigned_partitions.set(sum(1 for tp in assigned if tp.topic == config.topics.raw))
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    def on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        metrics.rebalancing.set(0)
+
     for sink_config in config.sinks:
         sink = create_sink(sink_config)
         dlq_topic = app.topic(
@@ -183,6 +203,18 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         agent = _sink_agent(sink, sink_config, dlq_topic, metrics, encode)
         app.agent(events_topic, name=f"sink-{sink.name}")(agent)
     return app
+
+
+def _use_partition_of(event: EventT) -> None:
+    """Make `event` the one Faust's table reads and writes use to pick their partition.
+
+    Tables find a key's partition (RocksDB instance and changelog partition) through the
+    current-event context variable; inside a `take_events` batch it names the batch's last
+    event. Only the context variable is set, in this task's own context: the stream's
+    `current_event` attribute belongs to the task that fills the batch, and changing it would
+    put the wrong event into the batch.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 async def _send_all(

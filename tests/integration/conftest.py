@@ -93,7 +93,14 @@ def stack_config(tmp: Path, bootstrap: str, token: str) -> dict[str, Any]:
                 "name": "file",
                 "path": str(tmp / "events.ndjson"),
                 "batch_max_seconds": 0.2,
-            }
+            },
+            {
+                "type": "file",
+                "name": "cef-file",
+                "format": "cef",
+                "path": str(tmp / "events.cef"),
+                "batch_max_seconds": 0.2,
+            },
         ],
     }
 
@@ -144,6 +151,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         wait_http_ok(f"{url}/readyz", processes, logs)
         wait_http_ok(metrics_url, processes, logs)
+        wait_worker_settled(metrics_url, config.topics.partitions)
         yield Stack(config, config_path, url, token, tmp / "events.ndjson", metrics_url, logs)
     finally:
         for process in processes:
@@ -153,3 +161,35 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def wait_worker_settled(
+    metrics_url: str, partitions: int | None = None, timeout: float = 90
+) -> None:
+    """Until the worker holds its partitions and no rebalance is under way.
+
+    Posting into a group that is still forming lets a rebalance redeliver events: correct
+    (at-least-once), but a test counting exact shipments must not see it.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(metrics_url, timeout=2).text
+        except httpx.HTTPError:
+            text = ""
+        values = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith(
+                ("aha_siem_worker_assigned_partitions ", "aha_siem_worker_rebalancing ")
+            )
+        }
+        assigned = values.get("aha_siem_worker_assigned_partitions", 0)
+        if (
+            values.get("aha_siem_worker_rebalancing") == 0
+            and assigned
+            and (partitions is None or assigned == partitions)
+        ):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"worker at {metrics_url} did not settle in {timeout}s")

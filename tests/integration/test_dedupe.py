@@ -23,7 +23,7 @@ import yaml
 from forwarder.config import parse
 from forwarder.pipeline.dedupe import change_key, user_key
 from tests.helpers import SAMPLES
-from tests.integration.conftest import free_port, stack_config, wait_http_ok
+from tests.integration.conftest import free_port, stack_config, wait_http_ok, wait_worker_settled
 from tests.integration.kafka_io import read_topic
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,8 @@ class Cluster:
             else f"http://127.0.0.1:{tree['worker']['metrics_port']}/metrics"
         )
         wait_http_ok(ready, [process], {name: self.tmp / f"{name}.log"})
+        if role == "worker":
+            wait_worker_settled(ready)
         return process
 
     def post(self, body: dict[str, Any]) -> None:
@@ -208,3 +210,21 @@ def test_a_worker_killed_with_sigkill_loses_nothing(cluster: Cluster) -> None:
     assert {event["event"]["id"] for event in events} == wanted
     # At least once: a redelivery after the kill may ship an audit again, never drop one.
     assert len(events) >= len(bodies)
+
+
+def test_a_rebalance_to_a_second_worker_and_back_loses_nothing(cluster: Cluster) -> None:
+    cluster.start("ingest", "ingest")
+    first = cluster.start("worker", "worker-1")
+    bodies = _numbered(60, 7720000000000000000)
+    for body in bodies[:20]:
+        cluster.post(body)
+    cluster.start("worker", "worker-2")  # the group now shares the partitions between two
+    for body in bodies[20:40]:
+        cluster.post(body)
+    first.terminate()  # a graceful leave: worker-2 takes every partition over
+    first.wait(30)
+    for body in bodies[40:]:
+        cluster.post(body)
+    wanted = {body["audit"]["id"] for body in bodies}
+    events = _wait_for_ids(cluster, wanted)
+    assert {event["event"]["id"] for event in events} == wanted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
@@ -76,6 +77,20 @@ async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(
 
     lines = wait_for_lines(stack.events_file, len(bodies))
     assert {line["event"]["hash"]: line for line in lines} == shipped
+
+    # A second sink on the same events, in its own format: one CEF line per event.
+    cef_file = stack.events_file.with_suffix(".cef")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        not cef_file.exists() or len(cef_file.read_bytes().splitlines()) < len(bodies)
+    ):
+        await asyncio.sleep(0.2)
+    cef_lines = cef_file.read_text().splitlines()
+    assert len(cef_lines) == len(bodies)
+    assert all(line.startswith("CEF:0|Aha!|Aha! Roadmaps|") for line in cef_lines)
+    assert {
+        f"externalId={doc['event']['id']}" for doc in shipped.values() if "id" in doc["event"]
+    } <= {part for line in cef_lines for part in line.split(" ") if part.startswith("externalId=")}
 
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(stack.metrics_url)).text
