@@ -33,6 +33,12 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message names every offending key."""
 
 
+def _require_unique(kind: str, names: list[str]) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{kind} names must be unique; repeated: {', '.join(repeated)}")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -155,10 +161,7 @@ class IngestConfig(_Model):
 
     @model_validator(mode="after")
     def _unique_names(self) -> IngestConfig:
-        names = [token.name for token in self.tokens]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"token names must be unique; repeated: {', '.join(duplicates)}")
+        _require_unique("token", [token.name for token in self.tokens])
         return self
 
 
@@ -238,10 +241,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _unique_sinks(self) -> Config:
-        names = [sink.name for sink in self.sinks]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"sink names must be unique; repeated: {', '.join(duplicates)}")
+        _require_unique("sink", [sink.name for sink in self.sinks])
         return self
 
     def token_accounts(self) -> dict[str, str | None]:

@@ -16,6 +16,11 @@ log = logging.getLogger("forwarder.ingest")
 _RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before reconnect or drain attempt number `attempt` (from 0)."""
+    return _RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)]
+
+
 class Producer(Protocol):
     """What the durable writer needs of a Kafka producer (see kafka_client.KafkaBodyProducer)."""
 
@@ -130,7 +135,7 @@ class DurableWriter:
             try:
                 await self._producer.start()
             except Exception as error:
-                delay = _RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)]
+                delay = _backoff(attempt)
                 attempt += 1
                 log.warning(
                     "kafka not reachable, spooling meanwhile",
@@ -155,13 +160,13 @@ class DurableWriter:
             # Probe first: a send to a dead cluster would sit in the producer and arrive later as
             # a duplicate of the record the next drain sends again.
             if not await self._producer.ready():
-                await asyncio.sleep(_RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)])
+                await asyncio.sleep(_backoff(attempt))
                 attempt += 1
                 continue
             try:
                 drained = await self._spool.drain(self._send_spooled)
             except Exception as error:
-                delay = _RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)]
+                delay = _backoff(attempt)
                 attempt += 1
                 log.warning(
                     "spool drain interrupted",
