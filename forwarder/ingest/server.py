@@ -126,6 +126,9 @@ def server_config(
         lifespan="on",
         # The access log would write the request path, and the path carries the token.
         access_log=False,
+        # The app resolves X-Forwarded-For itself, from `trusted_proxies` only; uvicorn's own
+        # handling would believe the header from any local peer.
+        proxy_headers=False,
         log_config=None,
         server_header=False,
         date_header=True,

@@ -272,3 +272,18 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_to_kafka(
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     [record] = asyncio.run(read_topic(kafka_bootstrap, tree["topics"]["raw"], 1, timeout=30))
     assert record.value == body
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies_on_the_real_server(
+    tmp_path: Path,
+) -> None:
+    tree = ingest_config(tmp_path, "127.0.0.1:1", allowed_cidrs=["203.0.113.0/24"])
+    port = tree["ingest"]["port"]
+    with ingest_process(tmp_path, tree):
+        forged = httpx.post(
+            f"http://127.0.0.1:{port}/v1/aha/{TOKEN}",
+            content=_burst_body(1),
+            headers={"x-forwarded-for": "203.0.113.9"},
+        )
+    # The peer is 127.0.0.1 and no proxy is trusted: the header proves nothing.
+    assert forged.status_code == 403
