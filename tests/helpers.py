@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import forwarder
+from forwarder.pipeline.normalize import Provenance, normalize_raw
 
 SAMPLES = Path(forwarder.__file__).parent / "samples"
 SHARED_EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "aha" / "example-ecs-event.json"
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "example.yaml"
+
+
+# The clock the golden files were made with.
+FIXED_RECEIVED = "2026-11-27T14:10:12.990Z"
+FIXED_NOW = "2026-11-27T14:10:13.052Z"
+
+
+def sample_provenance(raw: bytes) -> Provenance:
+    """What the ingest would have recorded for `raw`, posted with the `acme-prod` token."""
+    return Provenance(
+        received_at=FIXED_RECEIVED,
+        source="webhook",
+        source_ip="198.51.100.7",
+        token_id="acme-prod",
+        body_sha256=hashlib.sha256(raw).hexdigest(),
+        account="acme",
+    )
+
+
+def normalized_sample(path: Path, **options: Any) -> dict[str, Any]:
+    """A sample body normalized with fixed provenance and clock, as the golden files expect."""
+    raw = path.read_bytes()
+    return normalize_raw(raw, sample_provenance(raw), now=FIXED_NOW, **options)
 
 
 def sample_paths() -> list[Path]:

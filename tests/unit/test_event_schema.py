@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from forwarder.pipeline.normalize import Provenance, normalize, normalize_raw
-from tests.helpers import sample_paths
+from tests.helpers import normalized_sample, sample_paths
 from tests.schema import assert_valid_event
 
 NOW = "2026-11-27T14:10:13.052Z"
@@ -15,15 +13,7 @@ NOW = "2026-11-27T14:10:13.052Z"
 
 @pytest.mark.parametrize("path", sample_paths(), ids=lambda path: path.stem)
 def test_every_sample_validates_against_the_published_schema(path) -> None:  # type: ignore[no-untyped-def]
-    raw = path.read_bytes()
-    provenance = Provenance(
-        received_at="2026-11-27T14:10:12.990Z",
-        source="webhook",
-        token_id="acme-prod",
-        body_sha256=hashlib.sha256(raw).hexdigest(),
-        account="acme",
-    )
-    assert_valid_event(normalize_raw(raw, provenance, now=NOW, include_original=True))
+    assert_valid_event(normalized_sample(path, include_original=True))
 
 
 def test_the_schema_catches_a_broken_event() -> None:

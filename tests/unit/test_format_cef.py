@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,13 @@ from forwarder.formats import encoder_for
 from forwarder.formats.options import CefOptions, FormatsConfig
 from forwarder.pipeline.normalize import Provenance, normalize_raw
 from tests.golden import assert_golden
-from tests.helpers import SAMPLES, sample_paths
+from tests.helpers import SAMPLES, normalized_sample, sample_paths
 
 NOW = "2026-11-27T14:10:13.052Z"
 STRIP = " \t\r\n\x0b\x0c"
 
 
-def normalized(path: Path) -> dict[str, Any]:
-    """A sample normalized with fixed provenance and clock, as the golden files expect."""
-    raw = path.read_bytes()
-    provenance = Provenance(
-        received_at="2026-11-27T14:10:12.990Z",
-        source="webhook",
-        token_id="acme-prod",
-        body_sha256=hashlib.sha256(raw).hexdigest(),
-        account="acme",
-    )
-    return normalize_raw(raw, provenance, now=NOW)
+normalized = normalized_sample
 
 
 def sample_id(path: Path) -> str:

@@ -19,7 +19,7 @@ from forwarder.formats import encoder_for, format_names
 from forwarder.formats.ocsf import OCSF_VERSION, encode
 from forwarder.pipeline.normalize import Provenance, normalize, normalize_raw
 from tests.golden import assert_golden
-from tests.helpers import SAMPLES, sample_paths
+from tests.helpers import SAMPLES, sample_paths, sample_provenance
 
 NOW = "2026-11-27T14:10:13.052Z"
 RECEIVED = "2026-11-27T14:10:12.990Z"
@@ -108,14 +108,7 @@ def assert_valid_ocsf(event: Any) -> None:
         raise AssertionError("not valid OCSF:\n" + "\n".join(problems))
 
 
-def _provenance(raw: bytes) -> Provenance:
-    return Provenance(
-        received_at=RECEIVED,
-        source="webhook",
-        token_id="acme-prod",
-        body_sha256=hashlib.sha256(raw).hexdigest(),
-        account="acme",
-    )
+_provenance = sample_provenance
 
 
 def _ocsf_of(raw: bytes) -> dict[str, Any]:

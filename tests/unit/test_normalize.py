@@ -9,20 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forwarder.pipeline.normalize import ECS_VERSION, Provenance, normalize, normalize_raw
-from tests.helpers import SAMPLES, SHARED_EXAMPLE, sample_paths
+from tests.helpers import SAMPLES, SHARED_EXAMPLE, sample_paths, sample_provenance
 
 NOW = "2026-11-27T14:10:13.052Z"
 
 
-def provenance_for(raw: bytes) -> Provenance:
-    return Provenance(
-        received_at="2026-11-27T14:10:12.990Z",
-        source="webhook",
-        source_ip="198.51.100.7",
-        token_id="acme-prod",
-        body_sha256=hashlib.sha256(raw).hexdigest(),
-        account="acme",
-    )
+provenance_for = sample_provenance
 
 
 def normalized(name: str) -> dict:
