@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from typing import Any
 import yaml
 
 from forwarder import devbroker
-from forwarder.config import hash_token, load, parse
+from forwarder.config import hash_token, load
 
 log = logging.getLogger("forwarder.dev")
 
@@ -74,7 +76,7 @@ def dev_config(
     token: str,
 ) -> dict[str, Any]:
     """The config tree dev runs with: the base config plus the dev broker, token and file sink."""
-    base = load(base_config) if base_config else parse({})
+    base = load(base_config)  # the file if given, and AHA_SIEM_* overrides either way
     tree = base.model_dump(mode="json")
     tree["kafka"]["bootstrap_servers"] = broker.bootstrap
     if broker.kind == "tansu":
@@ -86,6 +88,7 @@ def dev_config(
         port=port,
         tokens=[{"name": "dev", "sha256": hash_token(token), "account": "dev"}],
     )
+    tree["ingest"]["spool"] = {**tree["ingest"]["spool"], "directory": str(state_dir / "spool")}
     tree["worker"].update(data_dir=str(state_dir / "worker"), metrics_port=metrics_port)
     tree["sinks"] = [{"type": "file", "name": "file", "path": str(state_dir / "events.ndjson")}]
     return tree
@@ -117,6 +120,8 @@ def _banner(port: int, metrics_port: int, token: str, events_file: Path) -> str:
         f"    --data-binary @{sample} \\\n"
         f"    http://127.0.0.1:{port}/v1/aha/{token}\n\n"
         f"and watch the ECS event arrive in the file sink:\n\n  tail -f {events_file}\n\n"
+        "Post it a second time: the worker drops the exact copy "
+        '(aha_siem_dedupe_dropped_total{reason="exact"}).\n'
         f"Metrics: http://127.0.0.1:{port}/metrics (ingest), http://127.0.0.1:{metrics_port}/metrics (worker).\n"
         "Press Ctrl-C to stop everything.\n"
     )
@@ -143,6 +148,12 @@ def run_dev(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    if not os.environ.get("KAFKA_BOOTSTRAP"):
+        # A fresh cluster and worker state for every run: the sample the banner posts is then
+        # new to the dedupe, and posting it twice shows the copy being dropped.
+        devbroker.stop(state_dir / "kafka")
+        shutil.rmtree(state_dir / "kafka", ignore_errors=True)
+        shutil.rmtree(state_dir / "worker", ignore_errors=True)
     broker = devbroker.start(state_dir / "kafka", port=broker_port, kind=broker_kind)
     started_broker = broker.kind != "external"
     log.info("broker ready", extra={"kind": broker.kind, "bootstrap": broker.bootstrap})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -58,6 +59,10 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=config.kafka.session_timeout_seconds,
         producer_acks=-1,
+        # Do not wait at a rebalance or shutdown for in-flight events to be acked: a sink that
+        # cannot deliver would hold the whole group. Un-acked events are consumed again by the
+        # partition's next owner (at-least-once).
+        stream_wait_empty=False,
         autodiscover=False,
     )
     raw_topic = app.topic(config.topics.raw, key_serializer="raw", value_serializer="raw")
@@ -265,22 +270,52 @@ def _sink_agent(
     encode: Encoder | None,
 ) -> Any:
     async def run(stream: faust.StreamT) -> None:
-        await sink.start()
+        # A sink that cannot start or answer is reported down, not crashed: its deliveries retry
+        # until the destination is back, and its events wait in Kafka meanwhile.
         try:
+            await sink.start()
             await sink.healthcheck()
             metrics.sink_up.labels(sink.name).set(1)
             log.info("sink ready", extra={"sink": sink.name})
-        except SinkError as error:
+        except (SinkError, OSError) as error:
             metrics.sink_up.labels(sink.name).set(0)
-            log.error("sink healthcheck failed", extra={"sink": sink.name, "error": str(error)})
+            log.error("sink not ready", extra={"sink": sink.name, "error": str(error)})
+        # Batches by hand, acking only what the destination (or the DLQ) took: Faust's
+        # take_events acks its batch in a `finally`, so a shutdown during a retry would ack
+        # events that were never delivered.
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not on StreamT
+        batch: list[EventT] = []
+        opened = 0.0
+        shipping = asyncio.Lock()
+
+        async def ship_batch() -> None:
+            nonlocal batch
+            async with shipping:
+                if not batch:
+                    return
+                taken, batch = batch, []
+                await _ship(sink, taken, dlq_topic, metrics, encode)
+                for event in taken:
+                    await manual.ack(event)
+
+        async def ship_when_due() -> None:
+            while True:
+                await asyncio.sleep(sink_config.batch_max_seconds / 2)
+                if batch and time.monotonic() - opened >= sink_config.batch_max_seconds:
+                    await ship_batch()
+
+        timer = asyncio.create_task(ship_when_due(), name=f"sink-{sink.name}-timer")
         try:
-            # take_events exists on faust-streaming's Stream but not on its StreamT protocol.
-            batches = stream.take_events(  # type: ignore[attr-defined]
-                sink_config.batch_max_events, sink_config.batch_max_seconds
-            )
-            async for batch in batches:
-                await _ship(sink, batch, dlq_topic, metrics, encode)
+            async for event in manual.events():
+                if not batch:
+                    opened = time.monotonic()
+                batch.append(event)
+                if len(batch) >= sink_config.batch_max_events:
+                    await ship_batch()
         finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
             await sink.close()
 
     return run

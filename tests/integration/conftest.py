@@ -80,6 +80,7 @@ def stack_config(tmp: Path, bootstrap: str, token: str) -> dict[str, Any]:
             "host": "127.0.0.1",
             "port": free_port(),
             "tokens": [{"name": "acme-prod", "sha256": hash_token(token), "account": "acme"}],
+            "spool": {"directory": str(tmp / "spool")},
         },
         "worker": {
             "app_id": f"aha-siem-test-{run}",

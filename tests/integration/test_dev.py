@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -46,7 +47,18 @@ def test_dev_prints_a_curl_that_lands_an_event_and_ctrl_c_stops_everything(
 ) -> None:
     state = tmp_path / "dev"
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONUNBUFFERED": "1"}
+    run = uuid.uuid4().hex[:8]
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "PYTHONUNBUFFERED": "1",
+        # A shared cluster may have seen the sample before: topics and group of this run only.
+        "AHA_SIEM_TOPICS__RAW": f"dev{run}.raw",
+        "AHA_SIEM_TOPICS__INVALID": f"dev{run}.invalid",
+        "AHA_SIEM_TOPICS__EVENTS": f"dev{run}.events",
+        "AHA_SIEM_TOPICS__DLQ_PREFIX": f"dev{run}.dlq.",
+        "AHA_SIEM_WORKER__APP_ID": f"dev-{run}",
+    }
     dev = subprocess.Popen(
         [
             sys.executable,
@@ -64,6 +76,7 @@ def test_dev_prints_a_curl_that_lands_an_event_and_ctrl_c_stops_everything(
         stderr=open(tmp_path / "dev.stderr", "wb"),  # noqa: SIM115 - closed with the process
         text=True,
         env=env,
+        start_new_session=True,  # so a failed test can stop the whole tree
     )
     try:
         try:
@@ -104,4 +117,4 @@ def test_dev_prints_a_curl_that_lands_an_event_and_ctrl_c_stops_everything(
             )
     finally:
         if dev.poll() is None:
-            dev.kill()
+            os.killpg(dev.pid, signal.SIGKILL)
