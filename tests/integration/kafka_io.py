@@ -45,3 +45,14 @@ async def read_topic(
     finally:
         await consumer.stop()
     return found
+
+
+async def partition_count(bootstrap: str, topic: str) -> int:
+    """How many partitions a topic has."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        await consumer.stop()

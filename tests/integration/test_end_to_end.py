@@ -13,7 +13,7 @@ import pytest
 from forwarder.records import record_key
 from tests.helpers import sample_paths
 from tests.integration.conftest import Stack
-from tests.integration.kafka_io import read_topic
+from tests.integration.kafka_io import partition_count, read_topic
 from tests.schema import assert_valid_event
 
 pytestmark = pytest.mark.integration
@@ -47,6 +47,10 @@ async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(
 
     by_hash = {hashlib.sha256(body).hexdigest(): (name, body) for name, body in bodies.items()}
     topics = stack.config.topics
+
+    # The project creates its topics itself, with the configured partitions.
+    for name in (topics.raw, topics.invalid, topics.events, f"{topics.dlq_prefix}file"):
+        assert await partition_count(kafka_bootstrap, name) == topics.partitions, name
 
     raw = await read_topic(kafka_bootstrap, topics.raw, len(bodies))
     assert sorted(record.value for record in raw) == sorted(bodies.values())
