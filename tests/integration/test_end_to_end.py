@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -117,3 +119,18 @@ async def test_rejected_webhooks_get_json_errors_and_invalid_bodies_are_kept(
     # The token reaches no log line.
     for path in stack.logs.values():
         assert stack.token not in path.read_text()
+
+
+def documented_metrics() -> dict[str, str]:
+    """Name -> type, from the catalogue in docs/metrics.md."""
+    catalogue = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+    rows = re.findall(r"^\| `(aha_siem_[a-z0-9_]+)` \| (\w+) \|", catalogue.read_text(), re.M)
+    return dict(rows)
+
+
+async def test_the_metrics_catalogue_is_what_the_processes_expose(stack: Stack) -> None:
+    async with httpx.AsyncClient() as client:
+        ingest = (await client.get(f"{stack.url}/metrics")).text
+        worker = (await client.get(stack.metrics_url)).text
+    exposed = dict(re.findall(r"^# TYPE (aha_siem_[a-z0-9_]+) (\w+)$", ingest + worker, re.M))
+    assert exposed == documented_metrics()
