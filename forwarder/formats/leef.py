@@ -15,6 +15,7 @@ from forwarder.formats import Encoder
 from forwarder.formats.cef import audit_strings, cut, verb
 from forwarder.formats.options import (
     MAPPINGS,
+    MONTHS,
     dig,
     epoch_ms,
     event_time,
@@ -22,31 +23,23 @@ from forwarder.formats.options import (
     severity_rule,
     text,
 )
+from forwarder.records import iso_millis
 
 EVENT_ID_MAX = 255  # "The EventID field cannot exceed 255 characters."
 USER_NAME_MAX = 255  # usrName
 # The guide sets no length for other values; this project cuts them where CEF does (cs1..cs6).
 VALUE_MAX = 4000
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _ms(moment: datetime) -> int:
-    return moment.microsecond // 1000
 
 
 def _java_mmm(moment: datetime) -> str:
-    # Month names are written here, not by strftime, so the process locale cannot change them.
     return (
-        f"{_MONTHS[moment.month - 1]} {moment.day:02d} {moment.year:04d} "
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{_ms(moment):03d} GMT"
+        f"{MONTHS[moment.month - 1]} {moment.day:02d} {moment.year:04d} "
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d} GMT"
     )
 
 
 def _java_iso(moment: datetime) -> str:
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{_ms(moment):03d}+0000"
-    )
+    return iso_millis(moment)[:-1] + "+0000"
 
 
 _DEV_TIME: dict[str, Callable[[datetime], str]] = {

@@ -258,6 +258,10 @@ def text(value: Any) -> str:
         return str(value)
 
 
+# Month abbreviations written by hand, not by strftime, so the process locale cannot change them.
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None

@@ -15,6 +15,7 @@ from typing import Any
 
 from forwarder.formats import Encoder, cef, ecs, leef
 from forwarder.formats.options import (
+    MONTHS,
     SyslogOptions,
     dig,
     event_time,
@@ -22,13 +23,13 @@ from forwarder.formats.options import (
     severity_rule,
     text,
 )
+from forwarder.records import iso_millis
 
 NILVALUE = "-"
 BOM = b"\xef\xbb\xbf"
 HOSTNAME_MAX, APP_NAME_MAX, MSGID_MAX = 255, 48, 32  # RFC 5424 §6
 TAG_MAX = 32  # RFC 3164 §4.1.3
 SD_VALUE_MAX = 255  # this project's cap: the parameters are ids
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def printable_ascii(value: str, limit: int) -> str:
@@ -55,16 +56,13 @@ def sd_value(value: str) -> str:
 
 def timestamp_5424(moment: datetime) -> str:
     """RFC 5424 TIMESTAMP in UTC with milliseconds (the form QRadar asks for)."""
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
-        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
-    )
+    return iso_millis(moment)
 
 
 def timestamp_3164(moment: datetime) -> str:
     """RFC 3164 TIMESTAMP `Mmm dd hh:mm:ss`, a day below 10 padded with a space, in UTC."""
     return (
-        f"{_MONTHS[moment.month - 1]} {moment.day:2d} "
+        f"{MONTHS[moment.month - 1]} {moment.day:2d} "
         f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
     )
 
