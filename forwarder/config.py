@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from forwarder.formats.options import FormatsConfig
+from forwarder.sinks.file.config import FileSinkConfig
 
 ENV_PREFIX = "AHA_SIEM_"
 ENV_NESTING = "__"
@@ -196,34 +197,11 @@ class DedupeConfig(_Model):
     """How often expired state is removed and the state gauges are updated."""
 
 
-class FileSinkConfig(_Model):
-    type: Literal["file"]
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
-    """Sink name: used in metrics, consumer group and DLQ topic names."""
-    path: Path
-    """File the events are appended to, one per line."""
-    format: str = "ecs"
-    """Format of each line: ecs (NDJSON), cef, leef, ocsf, syslog-cef, ... (see `aha-siem render -h`)."""
-    batch_max_events: int = Field(default=500, ge=1)
-    """Largest batch written (and fsync'd) at once."""
-    batch_max_seconds: float = Field(default=0.5, gt=0)
-    """Longest time an event waits for its batch to fill."""
-    fsync: bool = True
-    """fsync after every batch before acknowledging it."""
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, value: str) -> str:
-        from forwarder.formats import format_names
-
-        if value not in format_names():
-            raise ValueError(
-                f"unknown format {value!r}; expected one of {', '.join(format_names())}"
-            )
-        return value
-
-
-SinkConfig = Annotated[FileSinkConfig, Field(discriminator="type")]
+# One entry per sink type; each sink package owns its config model.
+SinkConfig = Annotated[
+    FileSinkConfig,
+    Field(discriminator="type"),
+]
 
 
 class Config(_Model):

@@ -9,7 +9,7 @@ from forwarder.sinks.base import Sink, SinkError
 
 # Imported lazily so an optional dependency is only needed by the sink that uses it.
 _REGISTRY: dict[str, str] = {
-    "file": "forwarder.sinks.file:FileSink",
+    "file": "forwarder.sinks.file.sink:FileSink",
 }
 
 

@@ -1,32 +1,99 @@
-"""What every sink implements, the error it raises, and delivery with retries."""
+"""What every sink implements, the errors it raises, and delivery with retries."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
+    stop_after_attempt,
+    stop_never,
     wait_exponential_jitter,
 )
 
 from forwarder.metrics import WorkerMetrics
+from forwarder.sinks.config import RetryConfig
 
 log = logging.getLogger("forwarder.sinks")
+
+_LONGEST_RETRY_AFTER = 600.0
 
 
 class SinkError(Exception):
     """A delivery that did not succeed; `retriable` says whether trying again can help."""
 
-    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retriable = retriable
         self.retry_after = retry_after
+        self.reason = reason or ("unavailable" if retriable else "rejected")
         self.attempts = 1
+
+
+class PartialFailure(SinkError):
+    """Some events of a batch were not taken; the rest were.
+
+    `retry` holds the indexes (into the batch given to `send_batch`) worth sending again,
+    `rejected` maps the indexes that never can be taken to the reason.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry: Sequence[int] = (),
+        rejected: Mapping[int, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retriable=bool(retry), retry_after=retry_after, reason="partial")
+        self.retry = tuple(retry)
+        self.rejected = dict(rejected or {})
+
+
+@dataclass(frozen=True)
+class Ok:
+    """The destination took everything."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Worth trying again, after `after` seconds when the destination said so."""
+
+    reason: str
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Trying again cannot help: the events go to the DLQ."""
+
+    reason: str
+
+
+Verdict = Ok | Retry | Reject
+
+
+def raise_for(verdict: Verdict, message: str) -> None:
+    """Turn a classifier's verdict into the SinkError `deliver` understands (Ok returns)."""
+    if isinstance(verdict, Retry):
+        raise SinkError(
+            f"{message}: {verdict.reason}", retriable=True, retry_after=verdict.after
+        )
+    if isinstance(verdict, Reject):
+        raise SinkError(f"{message}: {verdict.reason}", retriable=False, reason="rejected")
 
 
 class Sink(Protocol):
@@ -41,31 +108,56 @@ class Sink(Protocol):
         """Raise SinkError when the destination cannot take events."""
 
     async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Deliver every event or raise SinkError; returns only once the destination has them."""
+        """Deliver every event or raise SinkError (PartialFailure naming the failed ones)."""
 
     async def close(self) -> None:
         """Flush and release resources."""
 
 
-def _retriable(error: BaseException) -> bool:
-    return isinstance(error, SinkError) and error.retriable
+@dataclass
+class Outcome:
+    """What became of a batch: delivered indexes and the rejected ones with their reason."""
+
+    delivered: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    attempts: int = 0
+    last_error: str | None = None
 
 
-_backoff = wait_exponential_jitter(multiplier=0.2, max=30.0, jitter=0.5)
+class _Retryable(Exception):
+    """Carries a retriable failure out of one attempt to tenacity."""
+
+    def __init__(self, error: SinkError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-def _wait(state: RetryCallState) -> float:
-    error = state.outcome.exception() if state.outcome else None
-    if isinstance(error, SinkError) and error.retry_after is not None:
-        return error.retry_after
-    return float(_backoff(state))
+async def deliver(
+    sink: Sink,
+    events: Sequence[bytes],
+    metrics: WorkerMetrics,
+    retry: RetryConfig | None = None,
+) -> Outcome:
+    """Send one batch, retrying what can succeed until the destination acknowledges it.
 
-
-async def deliver(sink: Sink, events: Sequence[bytes], metrics: WorkerMetrics) -> None:
-    """Send one batch, retrying retriable failures until the destination acknowledges.
-
-    A non-retriable SinkError is raised to the caller, which dead-letters the batch.
+    Returns which events were delivered and which were rejected (to be dead-lettered): a
+    rejection, a partial failure's rejected items, or retries exhausted under `max_attempts`.
     """
+    retry = retry or RetryConfig()
+    outcome = Outcome()
+    pending = list(range(len(events)))
+    backoff = wait_exponential_jitter(
+        multiplier=retry.initial_backoff_seconds,
+        max=retry.max_backoff_seconds,
+        jitter=retry.initial_backoff_seconds,
+    )
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Retryable) and error.error.retry_after is not None:
+            # Honour the destination's Retry-After, but not an absurd one.
+            return min(error.error.retry_after, _LONGEST_RETRY_AFTER)
+        return float(backoff(state))
 
     def before_sleep(state: RetryCallState) -> None:
         metrics.sink_retries.labels(sink.name).inc()
@@ -73,22 +165,60 @@ async def deliver(sink: Sink, events: Sequence[bytes], metrics: WorkerMetrics) -
         error = state.outcome.exception() if state.outcome else None
         log.warning(
             "sink delivery failed, retrying",
-            extra={"sink": sink.name, "attempt": state.attempt_number, "error": str(error)},
+            extra={
+                "sink": sink.name,
+                "attempt": state.attempt_number,
+                "events": len(pending),
+                "error": str(error),
+            },
         )
 
     started = time.perf_counter()
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception(_retriable),
-        wait=_wait,
-        before_sleep=before_sleep,
-        reraise=True,
-    ):
-        with attempt:
-            try:
-                await sink.send_batch(events)
-            except SinkError as error:
-                error.attempts = attempt.retry_state.attempt_number
-                raise
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(lambda error: isinstance(error, _Retryable)),
+            wait=wait,
+            stop=stop_never if retry.max_attempts is None else stop_after_attempt(retry.max_attempts),
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                outcome.attempts = attempt.retry_state.attempt_number
+                batch = [events[index] for index in pending]
+                try:
+                    await sink.send_batch(batch)
+                except PartialFailure as error:
+                    outcome.last_error = str(error)
+                    for position, reason in error.rejected.items():
+                        outcome.rejected[pending[position]] = reason
+                    retried = {pending[position] for position in error.retry}
+                    outcome.delivered.extend(
+                        index
+                        for index in pending
+                        if index not in retried and index not in outcome.rejected
+                    )
+                    pending = [index for index in pending if index in retried]
+                    if pending:
+                        raise _Retryable(error) from None
+                except SinkError as error:
+                    outcome.last_error = str(error)
+                    if error.retriable:
+                        raise _Retryable(error) from None
+                    for index in pending:
+                        outcome.rejected[index] = str(error)
+                    pending = []
+                else:
+                    outcome.delivered.extend(pending)
+                    pending = []
+    except _Retryable as exhausted:
+        log.error(
+            "sink retries exhausted, dead-lettering",
+            extra={"sink": sink.name, "events": len(pending), "attempts": outcome.attempts},
+        )
+        for index in pending:
+            outcome.rejected[index] = f"retries exhausted: {exhausted.error}"
     metrics.sink_batch_duration.labels(sink.name).observe(time.perf_counter() - started)
-    metrics.sink_events.labels(sink.name).inc(len(events))
-    metrics.sink_up.labels(sink.name).set(1)
+    if outcome.delivered:
+        metrics.sink_events.labels(sink.name).inc(len(outcome.delivered))
+        metrics.sink_up.labels(sink.name).set(1)
+    return outcome

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.config import FileSinkConfig
+from forwarder.sinks.file.config import FileSinkConfig
 from forwarder.sinks import SinkError, create_sink
 from forwarder.sinks.file import FileSink
 

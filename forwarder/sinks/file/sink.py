@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from forwarder.config import FileSinkConfig
+from forwarder.sinks.file.config import FileSinkConfig
 from forwarder.sinks.base import SinkError
 
 

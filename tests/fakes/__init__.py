@@ -1,0 +1,1 @@
+"""Fakes of destinations that cannot run here, faithful to their documented protocols."""
