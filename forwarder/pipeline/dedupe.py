@@ -220,3 +220,88 @@ def subject(body: Mapping[str, Any], body_sha256: str) -> Mapping[str, Any]:
         "audit_action": f"@{event_type}",
         "changes": [{"field_name": "@body", "value": body_sha256}],
     }
+
+
+def _fresh(state: State | None, now: float) -> State:
+    if state is None:
+        return {"a": {}, "i": {}, "u": {}, "seen": now}
+    return {
+        **state,
+        "a": dict(state["a"]),
+        "i": dict(state["i"]),
+        "u": dict(state["u"]),
+        "seen": now,
+    }
+
+
+def observe(
+    state: State | None,
+    audit: Mapping[str, Any],
+    *,
+    event_time: float,
+    now: float,
+    max_audits: int = 1000,
+) -> tuple[str | None, bool, State]:
+    """Window mode, on arrival: ("exact", False, state) for a copy, else (None, revision, state)
+    with the audit remembered as seen (not yet shipped)."""
+    state = _fresh(state, now)
+    audit_id = str(audit.get("id"))
+    digest = content_hash(audit)
+    earlier = state["a"].get(audit_id)
+    if earlier is not None and earlier[0] == digest:
+        return "exact", False, state
+    _, users = audit_items(audit)
+    fields = sorted({_field(change) for change in _changes(audit)})
+    state["a"][audit_id] = [digest, event_time, False, fields, users]
+    _bound_audits(state, max_audits)
+    return None, earlier is not None, state
+
+
+def decide_group(
+    state: State | None,
+    audits: list[tuple[Mapping[str, Any], float]],
+    *,
+    now: float,
+    horizon: float,
+) -> tuple[bool, State]:
+    """Window mode, at flush: whether a held group ships, with every source's changes and users
+    marked shipped when it does.
+
+    The group is suppressed only when every change and every user of every audit in it was
+    already shipped for the record within the horizon (a collated audit arriving after the
+    window that shipped its parts): the realtime rule, applied to the group as a whole.
+    """
+    state = _fresh(state, now)
+    if not audits:
+        return False, state
+    newest = max([time for _, time in audits] + [entry[1] for entry in state["a"].values()])
+    _prune(state, newest, horizon)
+
+    def shipped(key: str, table: Mapping[str, Any], event_time: float) -> bool:
+        entry = table.get(key)
+        if entry is None:
+            return False
+        at = entry[1] if isinstance(entry, list) else entry
+        return bool(abs(at - event_time) <= horizon)
+
+    covered = True
+    for audit, event_time in audits:
+        items, users = audit_items(audit)
+        if not all(shipped(key, state["i"], event_time) for key in items) or not all(
+            shipped(key, state["u"], event_time) for key in users
+        ):
+            covered = False
+            break
+    if covered:
+        return False, state
+    for audit, event_time in audits:
+        audit_id = str(audit.get("id"))
+        items, users = audit_items(audit)
+        for key in items:
+            if not shipped(key, state["i"], event_time):
+                state["i"][key] = [audit_id, event_time]
+        for key in users:
+            state["u"][key] = event_time
+        if audit_id in state["a"]:
+            state["a"][audit_id][2] = True
+    return True, state

@@ -36,10 +36,11 @@ def collation(name: str) -> dict[str, Any]:
 class Cluster:
     """An ingest and any number of workers sharing one config (topics and consumer group)."""
 
-    def __init__(self, tmp: Path, bootstrap: str) -> None:
+    def __init__(self, tmp: Path, bootstrap: str, dedupe: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.token = f"dedupe-{uuid.uuid4().hex}"
         self.tree = stack_config(tmp, bootstrap, self.token)
+        self.tree["dedupe"] = dedupe or {}
         self.tree["topics"]["partitions"] = 4
         self.tree["kafka"]["session_timeout_seconds"] = 6
         self.tree["worker"]["batch_max_seconds"] = 0.05
@@ -96,9 +97,16 @@ class Cluster:
                 process.kill()
 
 
-@pytest.fixture
-def cluster(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(tmp_path, kafka_bootstrap)
+WINDOW = {"mode": "window", "window_seconds": 4, "window_check_interval_seconds": 0.5}
+
+
+@pytest.fixture(params=["realtime", "window"])
+def cluster(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    running = Cluster(
+        tmp_path, kafka_bootstrap, WINDOW if request.param == "window" else {"mode": "realtime"}
+    )
     try:
         yield running
     finally:
@@ -133,6 +141,15 @@ EXPECTED_CHANGES = Counter(
 )
 EXPECTED_USERS = {user_key(collation(name)["audit"]["user"]) for name in PARTS}
 
+# Window mode keeps the last value per field: the intermediate description is collapsed.
+WINDOW_CHANGES = Counter(
+    {
+        change_key(change): 1
+        for name in ("pre_collation_1", "pre_collation_3")
+        for change in collation(name)["audit"]["changes"]
+    }
+)
+
 ORDERS = {
     "usual": ["pre_collation_1", "pre_collation_2", "pre_collation_3", "C"],
     "collated first": ["C", "pre_collation_1", "pre_collation_2", "pre_collation_3"],
@@ -159,6 +176,23 @@ def test_every_order_and_variant_ships_each_change_and_user_once(cluster: Cluste
             scenarios[record] = (variant, order_name)
             for name in order:
                 cluster.post(on_record(collation(variant if name == "C" else name), record))
+    if cluster.config.dedupe.mode == "window":
+        # One merged event per record: the last value per field, every user and source id.
+        events = cluster.events(expected=len(scenarios))
+        time.sleep(cluster.config.dedupe.window_seconds + 2)
+        events = cluster.events(expected=10_000, timeout=5)
+        assert len(events) == len(scenarios)
+        shipped = summary(events)
+        for event in events:
+            record = event["aha"]["audit"]["auditable"]["id"]
+            variant, _ = scenarios[record]
+            assert shipped[record] == (WINDOW_CHANGES, EXPECTED_USERS), scenarios[record]
+            sources = {name for name in PARTS} | {variant}
+            assert set(event["aha"]["collation"]["sources"]) == {
+                collation(name)["audit"]["id"] for name in sources
+            }
+            assert event["aha"]["collation"]["held_seconds"] >= WINDOW["window_seconds"]
+        return
     # Every scenario ships at least two events; then anything shipped twice has time to arrive.
     cluster.events(expected=len(scenarios) * 2)
     time.sleep(3)
