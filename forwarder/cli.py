@@ -7,6 +7,7 @@ import asyncio
 import os
 import secrets
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from forwarder import __version__, logs
@@ -39,8 +40,36 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from forwarder.pipeline.worker import run
 
-    run(_load(args))
+    run(_load(args), args.config, sinks=not args.no_sinks)
     return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from forwarder.pipeline.worker import run_sink
+
+    run_sink(_load(args), args.name, args.metrics_host, args.metrics_port)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from forwarder.pipeline.replay import replay
+
+    config = _load(args)
+    return asyncio.run(
+        replay(config, args.sink, since=args.since, dry_run=args.dry_run, limit=args.limit)
+    )
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from forwarder.backfill.commands import cmd_backfill as run_backfill
+
+    return run_backfill(_load(args), args)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from forwarder.backfill.commands import cmd_reconcile as run_reconcile
+
+    return run_reconcile(_load(args), args)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -125,6 +154,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timestamp(raw: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {raw!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aha-siem", description="Forward Aha! Roadmaps audit webhooks to SIEMs through Kafka."
@@ -136,9 +173,57 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(ingest)
     ingest.set_defaults(func=cmd_ingest)
 
-    worker = commands.add_parser("worker", help="run the Faust worker (normalize, sinks)")
+    worker = commands.add_parser(
+        "worker", help="run the Faust worker (normalize), with one process per sink"
+    )
     _config_arg(worker)
+    worker.add_argument(
+        "--no-sinks",
+        action="store_true",
+        help="normalize only; run the sinks elsewhere with `aha-siem sink NAME`",
+    )
     worker.set_defaults(func=cmd_worker)
+
+    sink = commands.add_parser(
+        "sink", help="run one sink (its own Faust app and consumer group on the events topic)"
+    )
+    _config_arg(sink)
+    sink.add_argument("name", help="the sink's name in the config")
+    sink.add_argument("--metrics-host", default="0.0.0.0", help="address of its /metrics")
+    sink.add_argument("--metrics-port", type=int, default=0, help="port of its /metrics (0: none)")
+    sink.set_defaults(func=cmd_sink)
+
+    replay = commands.add_parser(
+        "replay", help="send a sink's dead-lettered events back through the sink"
+    )
+    _config_arg(replay)
+    replay.add_argument("--sink", required=True, help="the sink whose DLQ to replay")
+    replay.add_argument(
+        "--since",
+        type=_timestamp,
+        help="only events dead-lettered at or after this time (ISO-8601, e.g. 2026-11-27T10:00Z)",
+    )
+    replay.add_argument("--limit", type=int, default=None, help="stop after this many events")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="read and encode, send nothing, commit nothing"
+    )
+    replay.set_defaults(func=cmd_replay)
+
+    from forwarder.backfill.commands import add_arguments_backfill, add_arguments_reconcile
+
+    backfill = commands.add_parser(
+        "backfill", help="bring a time range of audits back from Aha!'s REST API into the raw topic"
+    )
+    _config_arg(backfill)
+    add_arguments_backfill(backfill)
+    backfill.set_defaults(func=cmd_backfill)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="every few minutes, inject audits Aha! has that the raw topic lacks"
+    )
+    _config_arg(reconcile)
+    add_arguments_reconcile(reconcile)
+    reconcile.set_defaults(func=cmd_reconcile)
 
     dev = commands.add_parser(
         "dev", help="run broker, ingest and worker with a file sink on this machine"

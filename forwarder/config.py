@@ -20,8 +20,15 @@ from pydantic import (
     model_validator,
 )
 
+from forwarder.backfill.config import AhaConfig
 from forwarder.formats.options import FormatsConfig
+from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
 from forwarder.sinks.file.config import FileSinkConfig
+from forwarder.sinks.http.config import HttpSinkConfig
+from forwarder.sinks.kafka.config import KafkaSinkConfig
+from forwarder.sinks.sentinel.config import SentinelSinkConfig
+from forwarder.sinks.splunk_hec.config import SplunkHecSinkConfig
+from forwarder.sinks.syslog.config import SyslogSinkConfig
 
 ENV_PREFIX = "AHA_SIEM_"
 ENV_NESTING = "__"
@@ -184,8 +191,10 @@ class WorkerConfig(_Model):
 
 
 class DedupeConfig(_Model):
-    mode: Literal["realtime", "off"] = "realtime"
-    """realtime: ship on arrival unless already shipped (docs/decisions/0004); off: ship all."""
+    mode: Literal["realtime", "window", "off"] = "realtime"
+    """realtime: ship on arrival unless already shipped (docs/decisions/0004); window: hold a
+    record's audits for `window_seconds` and ship one merged event (docs/decisions/0006);
+    off: ship all."""
     collation_horizon_seconds: float = Field(default=3600.0, gt=0)
     """Audits of one record this far apart (by created_at) are compared for collation."""
     retention_seconds: float = Field(default=7 * 86400.0, gt=0)
@@ -195,11 +204,23 @@ class DedupeConfig(_Model):
     """Audit ids remembered per record (the oldest are forgotten first)."""
     sweep_interval_seconds: float = Field(default=600.0, gt=0)
     """How often expired state is removed and the state gauges are updated."""
+    window_seconds: float = Field(default=120.0, gt=0)
+    """window mode: how long a record's audits are held, from the first one, before shipping."""
+    window_max_audits: int = Field(default=100, ge=2)
+    """window mode: a record's group ships at once when it holds this many audits."""
+    window_check_interval_seconds: float = Field(default=1.0, gt=0)
+    """window mode: how often held groups are checked for a passed window."""
 
 
 # One entry per sink type; each sink package owns its config model.
 SinkConfig = Annotated[
-    FileSinkConfig,
+    FileSinkConfig
+    | HttpSinkConfig
+    | KafkaSinkConfig
+    | ElasticsearchSinkConfig
+    | SentinelSinkConfig
+    | SyslogSinkConfig
+    | SplunkHecSinkConfig,
     Field(discriminator="type"),
 ]
 
@@ -216,6 +237,8 @@ class Config(_Model):
     """Dropping exact copies and audits that collated audits already carry."""
     formats: FormatsConfig = FormatsConfig()
     """Options of the output formats (CEF severities, LEEF delimiter, syslog framing)."""
+    aha: AhaConfig = AhaConfig()
+    """Aha! REST API accounts for `aha-siem backfill` and `aha-siem reconcile`."""
 
     @model_validator(mode="after")
     def _unique_sinks(self) -> Config:

@@ -16,12 +16,24 @@ from forwarder.config import Config
 log = logging.getLogger("forwarder.kafka")
 
 
+def broker_urls(bootstrap: str) -> list[str]:
+    """Faust broker URLs for a Kafka bootstrap list."""
+    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
+
+
 def project_topics(config: Config) -> list[str]:
     """Every topic the project itself creates (Faust creates its own internal ones)."""
     topics = config.topics
     names = [topics.raw, topics.invalid, topics.events]
     names += [f"{topics.dlq_prefix}{sink.name}" for sink in config.sinks]
+    if config.dedupe.mode == "window":
+        names.append(window_ticks_topic(config))
     return names
+
+
+def window_ticks_topic(config: Config) -> str:
+    """The worker's internal topic of flush ticks for held windows (co-partitioned with raw)."""
+    return f"{config.worker.app_id}-window-ticks"
 
 
 async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:

@@ -97,7 +97,7 @@ class SpoolMetrics:
 
 
 class WorkerMetrics:
-    """Metrics of the normalizing worker and its sinks."""
+    """Metrics of the normalizing worker (each sink process has SinkMetrics)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events_in = Counter(
@@ -144,11 +144,38 @@ class WorkerMetrics:
             "Records with dedupe state in this worker's partitions (updated by the sweep).",
             registry=registry,
         )
+        self.dedupe_held_groups = Gauge(
+            "aha_siem_dedupe_held_groups",
+            "window mode: records with audits held in an open window (updated each check).",
+            registry=registry,
+        )
+        self.dedupe_held_audits = Gauge(
+            "aha_siem_dedupe_held_audits",
+            "window mode: audits held in open windows (updated each check).",
+            registry=registry,
+        )
+        self.dedupe_held_seconds = Histogram(
+            "aha_siem_dedupe_held_seconds",
+            "window mode: time a record's group was held, from its first audit to its flush.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+        self.dedupe_merged = Counter(
+            "aha_siem_dedupe_merged_audits_total",
+            "window mode: audits shipped inside a merged event (one event per flushed group).",
+            registry=registry,
+        )
         self.dedupe_expired = Counter(
             "aha_siem_dedupe_expired_total",
             "Records whose dedupe state expired and was removed.",
             registry=registry,
         )
+
+
+class SinkMetrics:
+    """Metrics of one sink process (its Faust app and consumer group); labelled by sink."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.sink_events = Counter(
             "aha_siem_sink_events_sent_total",
             "Events a sink's destination acknowledged, by sink.",
@@ -163,7 +190,7 @@ class WorkerMetrics:
         )
         self.sink_dead_lettered = Counter(
             "aha_siem_sink_dead_lettered_total",
-            "Events sent to the sink's dead-letter topic, by sink and reason (rejected, encode).",
+            "Events sent to the sink's dead-letter topic, by sink and reason (rejected, retries_exhausted, encode).",
             ["sink", "reason"],
             registry=registry,
         )
@@ -185,5 +212,44 @@ class WorkerMetrics:
             "Time from the webhook's arrival at the ingest to the sink's acknowledgement, by sink.",
             ["sink"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.filtered = Counter(
+            "aha_siem_sink_events_filtered_total",
+            "Events the sink's route did not select (acknowledged without sending), by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "aha_siem_sink_batch_events",
+            "Events per batch handed to the destination, by sink.",
+            ["sink"],
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        )
+        self.batch_bytes = Histogram(
+            "aha_siem_sink_batch_bytes",
+            "Bytes per batch handed to the destination (before compression), by sink.",
+            ["sink"],
+            buckets=(1024, 8192, 65536, 262144, 1048576, 4194304, 16777216),
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "aha_siem_sink_backlog_messages",
+            "Events on the events topic the sink's consumer group has not committed yet "
+            "(consumer lag over the partitions this process holds), by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "aha_siem_sink_assigned_partitions",
+            "Partitions of the events topic this sink process holds, by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.rebalancing = Gauge(
+            "aha_siem_sink_rebalancing",
+            "1 from start-up or a rebalance's start until it completes, else 0, by sink.",
+            ["sink"],
             registry=registry,
         )

@@ -56,3 +56,14 @@ def decode_headers(headers: Any) -> dict[str, str]:
             value = bytes(value).decode("utf-8", "replace")
         decoded[str(name)] = "" if value is None else str(value)
     return decoded
+
+
+def received_epoch(headers: Mapping[str, str]) -> float | None:
+    """The `received-at` header as epoch seconds, if present and valid."""
+    raw = headers.get(HEADER_RECEIVED_AT)
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        return None

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import faust
@@ -20,12 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from forwarder import records
 from forwarder.config import Config
-from forwarder.formats import Encoder, encoder_for
+from forwarder.kafka_client import broker_urls, window_ticks_topic
 from forwarder.metrics import WorkerMetrics
-from forwarder.pipeline import dedupe
+from forwarder.pipeline import dedupe, window
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
-from forwarder.sinks import SinkError, create_sink
-from forwarder.sinks.base import Sink, deliver
 
 log = logging.getLogger("forwarder.worker")
 
@@ -38,13 +33,8 @@ _CARRIED_HEADERS = (
 )
 
 
-def broker_urls(bootstrap: str) -> list[str]:
-    """Faust broker URLs for a Kafka bootstrap list."""
-    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
-
-
 def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
-    """The worker's Faust app with the normalize agent and one agent per configured sink."""
+    """The worker's Faust app: the normalize agent (sinks run in apps of their own)."""
     metrics = WorkerMetrics(registry)
     app = faust.App(
         config.worker.app_id,
@@ -65,13 +55,14 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         stream_wait_empty=False,
         autodiscover=False,
     )
-    raw_topic = app.topic(config.topics.raw, key_serializer="raw", value_serializer="raw")
     events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")
     accounts = config.token_accounts()
     include_original = config.worker.include_original
 
     dedupe_config = config.dedupe
-    table = None
+    windowed = dedupe_config.mode == "window"
+    table = held = ticks_topic = None
+    source_topic = app.topic(config.topics.raw, key_serializer="raw", value_serializer="raw")
     if dedupe_config.mode != "off":
         table = app.Table(
             "dedupe",
@@ -82,6 +73,23 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             key_type=bytes,
             value_type=bytes,
             help="Per record: audit ids and hashes seen, changes and users shipped.",
+        )
+        # Timers cannot write tables (Faust needs an event to pick the changelog partition),
+        # so they send a tick keyed by the record to a topic co-partitioned with the raw topic,
+        # and the agent acts on it in order with the record's audits.
+        ticks_name = window_ticks_topic(config)
+        ticks_topic = app.topic(ticks_name, key_serializer="raw", value_serializer="raw")
+        source_topic = app.topic(
+            config.topics.raw, ticks_name, key_serializer="raw", value_serializer="raw"
+        )
+    if windowed:
+        held = app.Table(
+            "held",
+            default=None,
+            partitions=config.topics.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="Per record: the audits held in its open window.",
         )
 
     def provenance_of(headers: dict[str, str]) -> Provenance:
@@ -95,19 +103,29 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             account=accounts.get(token_id) if token_id else None,
         )
 
+    def state_of(key: bytes, pending: dict[bytes, Any]) -> Any:
+        if key in pending:
+            return pending[key]
+        assert table is not None
+        return dedupe.decode_state(table.get(key))
+
+    def group_of(key: bytes, pending_held: dict[bytes, Any]) -> Any:
+        if key in pending_held:
+            return pending_held[key]
+        assert held is not None
+        raw = held.get(key)
+        return None if raw is None else orjson.loads(raw)
+
     def decide(
         key: bytes, value: bytes, body: Any, headers: dict[str, str], pending: dict[bytes, Any]
     ) -> dedupe.Decision | None:
         if table is None or not key:
             return None
         body_sha256 = headers.get(records.HEADER_BODY_SHA256) or hashlib.sha256(value).hexdigest()
-        state = pending.get(key)
-        if state is None:
-            state = dedupe.decode_state(table.get(key))
         decision = dedupe.decide(
-            state,
+            state_of(key, pending),
             dedupe.subject(body, body_sha256),
-            event_time=event_epoch(body) or _received_at(headers) or time.time(),
+            event_time=event_epoch(body) or records.received_epoch(headers) or time.time(),
             now=time.time(),
             horizon=dedupe_config.collation_horizon_seconds,
             max_audits=dedupe_config.max_audits_per_record,
@@ -119,6 +137,85 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             metrics.dedupe_dropped.labels(decision.reason or "unknown").inc()
         return decision
 
+    def outgoing_event(doc: dict[str, Any], key: bytes | None, headers: dict[str, str]) -> Any:
+        carried = [(name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers]
+        metrics.events_out.labels("audit" if doc["aha"]["event"] == "audit" else "other").inc()
+        return (key, orjson.dumps(doc), carried)
+
+    def flush_group(
+        key: bytes, pending: dict[bytes, Any], pending_held: dict[bytes, Any]
+    ) -> Any | None:
+        """Ship a held group as one merged event (or suppress it when all of it was shipped)."""
+        group = group_of(key, pending_held)
+        pending_held[key] = None
+        if not group or not group["audits"]:
+            return None
+        now = time.time()
+        audits = [(entry["audit"], float(entry["time"])) for entry in group["audits"]]
+        ship, state = dedupe.decide_group(
+            state_of(key, pending), audits, now=now, horizon=dedupe_config.collation_horizon_seconds
+        )
+        pending[key] = state
+        held_seconds = max(0.0, now - float(group["opened"]))
+        metrics.dedupe_held_seconds.observe(held_seconds)
+        if not ship:
+            metrics.dedupe_dropped.labels("collated").inc(len(audits))
+            return None
+        metrics.dedupe_merged.inc(len(audits))
+        body, info = window.merge(group)
+        headers = window.first_headers(group)
+        doc = normalize(body, provenance_of(headers), now=records.utc_now_iso())
+        window.annotate(doc, info, held_seconds=held_seconds)
+        return outgoing_event(doc, key, headers)
+
+    def on_tick(
+        key: bytes, kind: bytes, pending: dict[bytes, Any], pending_held: dict[bytes, Any]
+    ) -> Any | None:
+        now = time.time()
+        if kind == TICK_FLUSH and held is not None:
+            group = group_of(key, pending_held)
+            if group and window.due(group, now=now, window=dedupe_config.window_seconds):
+                return flush_group(key, pending, pending_held)
+        elif kind == TICK_EXPIRE:
+            state = state_of(key, pending)
+            idle = state is not None and dedupe.expired(state, now, dedupe_config.retention_seconds)
+            if idle and not (held is not None and group_of(key, pending_held)):
+                pending[key] = None
+                metrics.dedupe_expired.inc()
+        return None
+
+    def hold(
+        key: bytes,
+        body: Any,
+        headers: dict[str, str],
+        pending: dict[bytes, Any],
+        pending_held: dict[bytes, Any],
+    ) -> Any | None:
+        """Window mode: hold an audit (or drop a copy); ship the group when it is full."""
+        audit = body["audit"]
+        now = time.time()
+        event_time = event_epoch(body) or records.received_epoch(headers) or now
+        copy, revision, state = dedupe.observe(
+            state_of(key, pending),
+            audit,
+            event_time=event_time,
+            now=now,
+            max_audits=dedupe_config.max_audits_per_record,
+        )
+        pending[key] = state
+        if copy:
+            metrics.dedupe_dropped.labels("exact").inc()
+            return None
+        if revision:
+            metrics.dedupe_revisions.inc()
+        group = window.hold(
+            group_of(key, pending_held), audit, headers, now=now, event_time=event_time
+        )
+        pending_held[key] = group
+        if len(group["audits"]) >= dedupe_config.window_max_audits:
+            return flush_group(key, pending, pending_held)
+        return None
+
     async def normalize_agent(stream: faust.StreamT) -> None:
         # Batches: each event's dedupe state is written only after the events it let through
         # are acknowledged by Kafka, so a crash in between ships again rather than never.
@@ -127,18 +224,35 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         )
         async for batch in batches:
             pending: dict[bytes, Any] = {}
+            pending_held: dict[bytes, Any] = {}
             source_event: dict[bytes, EventT] = {}
             outgoing: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
             for event in batch:
-                metrics.events_in.inc()
-                headers = records.decode_headers(event.headers)
-                value = event.message.value or b""
                 key = event.message.key
-                body = parse_body(value)
+                value = event.message.value or b""
                 _use_partition_of(event)
-                decision = decide(key, value, body, headers, pending)
                 if key:
                     source_event[key] = event
+                if ticks_topic is not None and event.message.topic != config.topics.raw:
+                    if key:
+                        merged = on_tick(key, value, pending, pending_held)
+                        if merged is not None:
+                            outgoing.append(merged)
+                    continue
+                metrics.events_in.inc()
+                headers = records.decode_headers(event.headers)
+                body = parse_body(value)
+                if (
+                    windowed
+                    and key
+                    and body.get("event") == "audit"
+                    and isinstance(body.get("audit"), dict)
+                ):
+                    merged = hold(key, body, headers, pending, pending_held)
+                    if merged is not None:
+                        outgoing.append(merged)
+                    continue
+                decision = decide(key, value, body, headers, pending)
                 if decision is not None and not decision.ship:
                     continue
                 doc = normalize(
@@ -149,36 +263,63 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 )
                 if decision is not None:
                     dedupe.annotate(doc, decision)
-                carried = [
-                    (name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers
-                ]
-                outgoing.append((key, orjson.dumps(doc), carried))
-                kind = "audit" if doc["aha"]["event"] == "audit" else "other"
-                metrics.events_out.labels(kind).inc()
+                outgoing.append(outgoing_event(doc, key, headers))
             await _send_all(events_topic, outgoing)
-            if table is not None:
-                for key, state in pending.items():
-                    _use_partition_of(source_event[key])
+            for key, state in pending.items():
+                _use_partition_of(source_event[key])
+                assert table is not None
+                if state is not None:
                     table[key] = dedupe.encode_state(state)
+                elif key in table:
+                    del table[key]
+            for key, group in pending_held.items():
+                _use_partition_of(source_event[key])
+                assert held is not None
+                if group is not None:
+                    held[key] = orjson.dumps(group)
+                elif key in held:
+                    del held[key]
 
-    if table is not None:
+    if table is not None and ticks_topic is not None:
+        tick_sent: dict[bytes, float] = {}
+
+        async def tick(key: bytes, kind: bytes, now: float, every: float) -> None:
+            # One tick per key and purpose until the agent had time to act on it.
+            if tick_sent.get(key + kind, 0.0) < now - max(5 * every, 5.0):
+                tick_sent[key + kind] = now
+                await ticks_topic.send(key=key, value=kind)
 
         @app.timer(interval=dedupe_config.sweep_interval_seconds)
         async def sweep_dedupe_state() -> None:
             now = time.time()
-            expired = [
-                key
-                for key, raw in list(table.items())
-                if dedupe.expired(
-                    dedupe.decode_state(raw) or {}, now, dedupe_config.retention_seconds
-                )
-            ]
-            for key in expired:
-                del table[key]
-            metrics.dedupe_expired.inc(len(expired))
-            metrics.dedupe_records.set(len(table))
+            records_held = 0
+            for key, raw in list(table.items()):
+                records_held += 1
+                state = dedupe.decode_state(raw) or {}
+                if dedupe.expired(state, now, dedupe_config.retention_seconds):
+                    await tick(key, TICK_EXPIRE, now, dedupe_config.sweep_interval_seconds)
+            metrics.dedupe_records.set(records_held)
+            for sent in [k for k, at in tick_sent.items() if at < now - 3600]:
+                del tick_sent[sent]
 
-    app.agent(raw_topic, name="normalize")(normalize_agent)
+        if held is not None:
+
+            @app.timer(interval=dedupe_config.window_check_interval_seconds)
+            async def flush_due_windows() -> None:
+                now = time.time()
+                groups = audits = 0
+                for key, raw in list(held.items()):
+                    group = orjson.loads(raw)
+                    groups += 1
+                    audits += len(group["audits"])
+                    if window.due(group, now=now, window=dedupe_config.window_seconds):
+                        await tick(
+                            key, TICK_FLUSH, now, dedupe_config.window_check_interval_seconds
+                        )
+                metrics.dedupe_held_groups.set(groups)
+                metrics.dedupe_held_audits.set(audits)
+
+    app.agent(source_topic, name="normalize")(normalize_agent)
 
     # Rebalance state for operators (and for tests that must not post into a moving group).
     # (mode's signal stubs require a positional-only sender that a def cannot express in 3.11
@@ -197,17 +338,11 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
     def on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.rebalancing.set(0)
 
-    for sink_config in config.sinks:
-        sink = create_sink(sink_config)
-        dlq_topic = app.topic(
-            f"{config.topics.dlq_prefix}{sink.name}", key_serializer="raw", value_serializer="raw"
-        )
-        encode = None
-        if sink_config.format != "ecs":
-            encode = encoder_for(sink_config.format, config.formats)
-        agent = _sink_agent(sink, sink_config, dlq_topic, metrics, encode)
-        app.agent(events_topic, name=f"sink-{sink.name}")(agent)
     return app
+
+
+TICK_FLUSH = b"flush"
+TICK_EXPIRE = b"expire"
 
 
 def _use_partition_of(event: EventT) -> None:
@@ -250,128 +385,3 @@ async def _send_all(
             )
             await asyncio.sleep(delay)
         messages = failed
-
-
-def _received_at(headers: dict[str, str]) -> float | None:
-    raw = headers.get(records.HEADER_RECEIVED_AT)
-    if not raw:
-        return None
-    try:
-        return datetime.fromisoformat(raw).timestamp()
-    except ValueError:
-        return None
-
-
-def _sink_agent(
-    sink: Sink,
-    sink_config: Any,
-    dlq_topic: faust.TopicT,
-    metrics: WorkerMetrics,
-    encode: Encoder | None,
-) -> Any:
-    async def run(stream: faust.StreamT) -> None:
-        # A sink that cannot start or answer is reported down, not crashed: its deliveries retry
-        # until the destination is back, and its events wait in Kafka meanwhile.
-        try:
-            await sink.start()
-            await sink.healthcheck()
-            metrics.sink_up.labels(sink.name).set(1)
-            log.info("sink ready", extra={"sink": sink.name})
-        except (SinkError, OSError) as error:
-            metrics.sink_up.labels(sink.name).set(0)
-            log.error("sink not ready", extra={"sink": sink.name, "error": str(error)})
-        # Batches by hand, acking only what the destination (or the DLQ) took: Faust's
-        # take_events acks its batch in a `finally`, so a shutdown during a retry would ack
-        # events that were never delivered.
-        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not on StreamT
-        batch: list[EventT] = []
-        opened = 0.0
-        shipping = asyncio.Lock()
-
-        async def ship_batch() -> None:
-            nonlocal batch
-            async with shipping:
-                if not batch:
-                    return
-                taken, batch = batch, []
-                await _ship(sink, taken, dlq_topic, metrics, encode)
-                for event in taken:
-                    await manual.ack(event)
-
-        async def ship_when_due() -> None:
-            while True:
-                await asyncio.sleep(sink_config.batch_max_seconds / 2)
-                if batch and time.monotonic() - opened >= sink_config.batch_max_seconds:
-                    await ship_batch()
-
-        timer = asyncio.create_task(ship_when_due(), name=f"sink-{sink.name}-timer")
-        try:
-            async for event in manual.events():
-                if not batch:
-                    opened = time.monotonic()
-                batch.append(event)
-                if len(batch) >= sink_config.batch_max_events:
-                    await ship_batch()
-        finally:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
-            await sink.close()
-
-    return run
-
-
-async def _dead_letter(
-    dlq_topic: faust.TopicT, event: EventT, value: bytes, error: str, attempts: int, first: str
-) -> None:
-    headers = [
-        (records.HEADER_ERROR, error.encode()),
-        ("attempts", str(attempts).encode()),
-        ("first-failed-at", first.encode()),
-    ]
-    delivery = await dlq_topic.send(key=event.message.key, value=value, headers=headers)
-    await delivery  # durable in the DLQ before Faust may ack the source event
-
-
-async def _ship(
-    sink: Sink,
-    batch: Sequence[EventT],
-    dlq_topic: faust.TopicT,
-    metrics: WorkerMetrics,
-    encode: Encoder | None,
-) -> None:
-    # Never let a failure escape: Faust acks a batch whose agent raised (see DESIGN.md).
-    first_try = records.utc_now_iso()
-    events: list[EventT] = []
-    values: list[bytes] = []
-    payloads: list[bytes] = []
-    for event in batch:
-        value = event.message.value or b""
-        try:
-            # The sink gets its format; the DLQ keeps the normalized event for a replay.
-            payload = value if encode is None else encode(orjson.loads(value))
-        except Exception as error:
-            metrics.sink_dead_lettered.labels(sink.name, "encode").inc()
-            await _dead_letter(dlq_topic, event, value, f"encode failed: {error!r}", 0, first_try)
-            continue
-        events.append(event)
-        values.append(value)
-        payloads.append(payload)
-    if not payloads:
-        return
-    try:
-        await deliver(sink, payloads, metrics)
-    except SinkError as error:
-        log.error(
-            "sink rejected batch, dead-lettering",
-            extra={"sink": sink.name, "events": len(payloads), "error": str(error)},
-        )
-        metrics.sink_dead_lettered.labels(sink.name, "rejected").inc(len(payloads))
-        for event, value in zip(events, values, strict=True):
-            await _dead_letter(dlq_topic, event, value, str(error), error.attempts, first_try)
-        return
-    now = time.time()
-    for event in events:
-        received = _received_at(records.decode_headers(event.headers))
-        if received is not None:
-            metrics.end_to_end.labels(sink.name).observe(max(0.0, now - received))

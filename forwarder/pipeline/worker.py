@@ -1,39 +1,23 @@
-"""Run the Faust worker with its own Prometheus listener (Faust's aiohttp web server stays off)."""
+"""Run the Faust apps with their own Prometheus listener (Faust's aiohttp web server stays off)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import faust
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from forwarder import logs
-from forwarder.config import Config
+from forwarder.config import Config, ConfigError
 from forwarder.kafka_client import ensure_topics
-from forwarder.pipeline.app import create_app
 
 log = logging.getLogger("forwarder.worker")
 
 
-def run(config: Config) -> None:
-    """Create the topics, serve /metrics, run the Faust worker until SIGINT/SIGTERM."""
-    asyncio.run(ensure_topics(config))
-    registry = CollectorRegistry()
-    app = create_app(config, registry)
-    if config.worker.metrics_port:
-        prometheus_client.start_http_server(
-            config.worker.metrics_port, addr=config.worker.metrics_host, registry=registry
-        )
-    log.info(
-        "worker starting",
-        extra={
-            "app_id": config.worker.app_id,
-            "sinks": [sink.name for sink in config.sinks],
-            "metrics_port": config.worker.metrics_port,
-        },
-    )
+def _run_faust(app: faust.App, config: Config) -> None:
     worker = faust.Worker(
         app,
         loglevel=config.log_level,
@@ -42,3 +26,51 @@ def run(config: Config) -> None:
         redirect_stdouts=False,
     )
     worker.execute_from_commandline()
+
+
+def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) -> None:
+    """Create the topics, start one process per sink, serve /metrics, run normalize until stopped."""
+    from forwarder.pipeline.app import create_app
+    from forwarder.pipeline.children import SinkProcesses
+
+    asyncio.run(ensure_topics(config))
+    registry = CollectorRegistry()
+    app = create_app(config, registry)
+    children = None
+    if sinks and config.sinks:
+        children = SinkProcesses([sink.name for sink in config.sinks], config_path, registry)
+    if config.worker.metrics_port:
+        prometheus_client.start_http_server(
+            config.worker.metrics_port, addr=config.worker.metrics_host, registry=registry
+        )
+    log.info(
+        "worker starting",
+        extra={
+            "app_id": config.worker.app_id,
+            "sinks": [sink.name for sink in config.sinks] if sinks else [],
+            "metrics_port": config.worker.metrics_port,
+        },
+    )
+    if children is not None:
+        children.start()
+    try:
+        _run_faust(app, config)
+    finally:
+        if children is not None:
+            children.stop()
+
+
+def run_sink(config: Config, name: str, metrics_host: str, metrics_port: int) -> None:
+    """Run one sink's Faust app (its own consumer group) until SIGINT/SIGTERM."""
+    from forwarder.pipeline.sink_app import create_sink_app
+
+    sink_config = next((sink for sink in config.sinks if sink.name == name), None)
+    if sink_config is None:
+        known = ", ".join(sink.name for sink in config.sinks) or "none configured"
+        raise ConfigError(f"sinks: no sink named {name!r} (known: {known})")
+    registry = CollectorRegistry()
+    app = create_sink_app(config, sink_config, registry)
+    if metrics_port:
+        prometheus_client.start_http_server(metrics_port, addr=metrics_host, registry=registry)
+    log.info("sink starting", extra={"sink": name, "type": sink_config.type})
+    _run_faust(app, config)

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from forwarder.metrics import WorkerMetrics
+from forwarder.metrics import SinkMetrics
 from forwarder.sinks.config import RetryConfig
 
 log = logging.getLogger("forwarder.sinks")
@@ -89,9 +89,7 @@ Verdict = Ok | Retry | Reject
 def raise_for(verdict: Verdict, message: str) -> None:
     """Turn a classifier's verdict into the SinkError `deliver` understands (Ok returns)."""
     if isinstance(verdict, Retry):
-        raise SinkError(
-            f"{message}: {verdict.reason}", retriable=True, retry_after=verdict.after
-        )
+        raise SinkError(f"{message}: {verdict.reason}", retriable=True, retry_after=verdict.after)
     if isinstance(verdict, Reject):
         raise SinkError(f"{message}: {verdict.reason}", retriable=False, reason="rejected")
 
@@ -107,6 +105,9 @@ class Sink(Protocol):
     async def healthcheck(self) -> None:
         """Raise SinkError when the destination cannot take events."""
 
+    def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
+        """The bytes `send_batch` takes for one event (`payload` is it in the sink's format)."""
+
     async def send_batch(self, events: Sequence[bytes]) -> None:
         """Deliver every event or raise SinkError (PartialFailure naming the failed ones)."""
 
@@ -120,6 +121,7 @@ class Outcome:
 
     delivered: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
+    exhausted: set[int] = field(default_factory=set)  # rejected because retries ran out
     attempts: int = 0
     last_error: str | None = None
 
@@ -135,7 +137,7 @@ class _Retryable(Exception):
 async def deliver(
     sink: Sink,
     events: Sequence[bytes],
-    metrics: WorkerMetrics,
+    metrics: SinkMetrics,
     retry: RetryConfig | None = None,
 ) -> Outcome:
     """Send one batch, retrying what can succeed until the destination acknowledges it.
@@ -178,7 +180,9 @@ async def deliver(
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(lambda error: isinstance(error, _Retryable)),
             wait=wait,
-            stop=stop_never if retry.max_attempts is None else stop_after_attempt(retry.max_attempts),
+            stop=stop_never
+            if retry.max_attempts is None
+            else stop_after_attempt(retry.max_attempts),
             before_sleep=before_sleep,
             reraise=True,
         ):
@@ -217,6 +221,7 @@ async def deliver(
         )
         for index in pending:
             outcome.rejected[index] = f"retries exhausted: {exhausted.error}"
+            outcome.exhausted.add(index)
     metrics.sink_batch_duration.labels(sink.name).observe(time.perf_counter() - started)
     if outcome.delivered:
         metrics.sink_events.labels(sink.name).inc(len(outcome.delivered))

@@ -152,7 +152,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         wait_http_ok(f"{url}/readyz", processes, logs)
         wait_http_ok(metrics_url, processes, logs)
-        wait_worker_settled(metrics_url, config.topics.partitions)
+        wait_worker_settled(metrics_url, config.topics.partitions, sinks=len(config.sinks))
         yield Stack(config, config_path, url, token, tmp / "events.ndjson", metrics_url, logs)
     finally:
         for process in processes:
@@ -165,12 +165,13 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def wait_worker_settled(
-    metrics_url: str, partitions: int | None = None, timeout: float = 90
+    metrics_url: str, partitions: int | None = None, timeout: float = 90, sinks: int | None = None
 ) -> None:
-    """Until the worker holds its partitions and no rebalance is under way.
+    """Until the worker and its sink processes hold their partitions, with no rebalance under way.
 
     Posting into a group that is still forming lets a rebalance redeliver events: correct
-    (at-least-once), but a test counting exact shipments must not see it.
+    (at-least-once), but a test counting exact shipments must not see it. `sinks` is how many
+    sink processes must report in (default: every sink in the exposition once one reports).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,17 +180,33 @@ def wait_worker_settled(
         except httpx.HTTPError:
             text = ""
         values = {
-            line.split(" ")[0]: float(line.split(" ")[1])
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
             if line.startswith(
-                ("aha_siem_worker_assigned_partitions ", "aha_siem_worker_rebalancing ")
+                (
+                    "aha_siem_worker_assigned_partitions ",
+                    "aha_siem_worker_rebalancing ",
+                    "aha_siem_sink_rebalancing{",
+                    "aha_siem_sink_assigned_partitions{",
+                )
             )
         }
         assigned = values.get("aha_siem_worker_assigned_partitions", 0)
+        sink_rebalancing = {k: v for k, v in values.items() if k.startswith("aha_siem_sink_rebalancing")}
+        sink_assigned = {
+            k: v for k, v in values.items() if k.startswith("aha_siem_sink_assigned_partitions")
+        }
+        sinks_ready = (
+            (sinks is None or len(sink_rebalancing) >= sinks)
+            and all(v == 0 for v in sink_rebalancing.values())
+            and len(sink_assigned) == len(sink_rebalancing)
+            and all(partitions is None or v == partitions for v in sink_assigned.values())
+        )
         if (
             values.get("aha_siem_worker_rebalancing") == 0
             and assigned
             and (partitions is None or assigned == partitions)
+            and sinks_ready
         ):
             return
         time.sleep(0.3)

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from forwarder.metrics import WorkerMetrics
+from forwarder.metrics import SinkMetrics
 from forwarder.sinks.base import PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
 
@@ -33,9 +33,9 @@ class ScriptedSink:
         self.delivered.extend(events)
 
 
-def metrics() -> tuple[WorkerMetrics, CollectorRegistry]:
+def metrics() -> tuple[SinkMetrics, CollectorRegistry]:
     registry = CollectorRegistry()
-    return WorkerMetrics(registry), registry
+    return SinkMetrics(registry), registry
 
 
 async def test_retriable_failures_are_retried_until_delivered() -> None:

@@ -17,4 +17,8 @@ class FileSinkConfig(SinkConfigBase):
     batch_max_seconds: float = Field(default=0.5, gt=0)
     """Longest time an event waits for its batch to fill."""
     fsync: bool = True
-    """fsync after every batch before acknowledging it."""
+    """fsync after every batch (and the folder after a rotation) before acknowledging it."""
+    rotate_max_bytes: int | None = Field(default=None, ge=1024)
+    """Size at which the file is rotated, between batches; null: never rotate."""
+    rotate_keep: int = Field(default=5, ge=1, le=1000)
+    """Rotated files kept (`path.1` is the newest, `path.N` the oldest); older ones are deleted."""

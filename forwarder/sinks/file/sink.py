@@ -1,15 +1,19 @@
-"""File sink: appends events as NDJSON lines, fsync'd per batch."""
+"""File sink: appends events as lines, fsync'd per batch, optionally rotated by size."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from forwarder.sinks.file.config import FileSinkConfig
 from forwarder.sinks.base import SinkError
+from forwarder.sinks.file.config import FileSinkConfig
+
+log = logging.getLogger("forwarder.sinks.file")
 
 
 class FileSink:
@@ -19,6 +23,10 @@ class FileSink:
         self.name = config.name
         self._config = config
         self._file: BinaryIO | None = None
+
+    def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
+        """The line for one event: its payload as encoded in the configured format."""
+        return payload
 
     async def start(self) -> None:
         """Create the folder and open the file for appending."""
@@ -53,6 +61,12 @@ class FileSink:
             self._open()
         assert self._file is not None
         start = self._file.tell()
+        limit = self._config.rotate_max_bytes
+        # Rotate before the batch, never inside it: a batch always lands whole in one file.
+        if limit is not None and start > 0 and start + len(payload) > limit:
+            self._rotate()
+            assert self._file is not None
+            start = self._file.tell()
         try:
             self._file.write(payload)
             self._file.flush()
@@ -61,6 +75,25 @@ class FileSink:
         except OSError:
             self._discard_torn_tail(start)
             raise
+
+    def _rotate(self) -> None:
+        """Shift `path.1..N-1` up by one (dropping `path.N`), move `path` to `path.1`, reopen."""
+        assert self._file is not None
+        path = self._config.path
+        keep = self._config.rotate_keep
+        self._file.close()
+        self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            _numbered(path, keep).unlink()
+        for number in range(keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                _numbered(path, number).rename(_numbered(path, number + 1))
+        path.rename(_numbered(path, 1))
+        self._open()
+        if self._config.fsync:
+            # The renames are durable only once the folder itself is on disk.
+            _fsync_folder(path.parent)
+        log.info("rotated file", extra={"sink": self.name, "path": str(path), "keep": keep})
 
     def _discard_torn_tail(self, size: int) -> None:
         # A retry appends the whole batch again: cut the torn part so no line is half-written.
@@ -80,3 +113,15 @@ class FileSink:
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
             self._file = None
+
+
+def _numbered(path: Path, number: int) -> Path:
+    return path.with_name(f"{path.name}.{number}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,188 @@
+"""Microsoft Sentinel sink: rows posted to the Azure Monitor Logs Ingestion API."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from forwarder.sinks.base import (
+    Ok,
+    PartialFailure,
+    Reject,
+    Retry,
+    SinkError,
+    Verdict,
+    raise_for,
+)
+from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
+from forwarder.sinks.ids import event_key
+from forwarder.sinks.sentinel.config import API_VERSION, MAX_CALL_BYTES, SentinelSinkConfig
+from forwarder.sinks.sentinel.retry import classify
+from forwarder.sinks.sentinel.token import TokenProvider
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("forwarder.sinks.sentinel")
+
+
+def row(doc: dict[str, Any], payload: bytes) -> bytes:
+    """One row of the stream: a few columns to filter on and the whole event as `Event`."""
+    event = doc.get("event") or {}
+    timestamp = doc.get("@timestamp")
+    if not isinstance(timestamp, str):
+        timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    columns = {
+        "TimeGenerated": timestamp,
+        "EventKey": event_key(doc),
+        "EventAction": event.get("action"),
+        "Message": doc.get("message"),
+    }
+    # `payload` is already JSON in the sink's format: splice it in rather than decode it.
+    return orjson.dumps(columns)[:-1] + b',"Event":' + payload + b"}"
+
+
+class SentinelSink:
+    """Upload events to a data collection rule's stream, with a client-credentials token."""
+
+    def __init__(self, config: SentinelSinkConfig) -> None:
+        self.name = config.name
+        self._config = config
+        self._client: httpx.AsyncClient | None = None
+        self._tokens: TokenProvider | None = None
+        self._path = f"/dataCollectionRules/{config.dcr_immutable_id}/streams/{config.stream_name}"
+
+    def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
+        """The JSON row of one event (the batch becomes one JSON array of rows)."""
+        return row(doc, payload)
+
+    async def start(self) -> None:
+        """Open the HTTP client (used for both the token and the ingestion endpoint)."""
+        self._ensure_client()
+
+    def _ensure_client(self) -> tuple[httpx.AsyncClient, TokenProvider]:
+        if self._client is None or self._tokens is None:
+            config = self._config
+            self._client = build_client(config.http, config.dce_endpoint)
+            self._tokens = TokenProvider(
+                self._client,
+                config.token_endpoint,
+                config.client_id,
+                config.client_secret,
+                config.scope,
+            )
+        return self._client, self._tokens
+
+    @property
+    def tokens(self) -> TokenProvider:
+        """The token cache (for tests and diagnostics)."""
+        return self._ensure_client()[1]
+
+    async def healthcheck(self) -> None:
+        """A token can be had, and the rule's stream takes an empty array."""
+        verdict = await self._upload(b"[]")
+        raise_for(verdict, f"{self.name}: ingestion endpoint")
+
+    async def send_batch(self, events: Sequence[bytes]) -> None:
+        """Upload the rows; return when Azure Monitor answered 204 for every one."""
+        verdicts: dict[int, Verdict] = {}
+        whole = await self._send(events, list(range(len(events))), verdicts, whole=True)
+        if whole is not None:
+            raise_for(whole, f"{self.name}: upload")
+            return
+        retry = sorted(i for i, verdict in verdicts.items() if isinstance(verdict, Retry))
+        rejected = {
+            i: verdict.reason for i, verdict in verdicts.items() if isinstance(verdict, Reject)
+        }
+        if not retry and not rejected:
+            return
+        waits = [v.after for v in verdicts.values() if isinstance(v, Retry) and v.after]
+        if rejected:
+            log.warning(
+                "rows rejected by the Logs Ingestion API",
+                extra={"sink": self.name, "rejected": len(rejected)},
+            )
+        raise PartialFailure(
+            f"{self.name}: {len(retry)} of {len(events)} rows to retry, {len(rejected)} rejected",
+            retry=retry,
+            rejected=rejected,
+            retry_after=max(waits) if waits else None,
+        )
+
+    async def _send(
+        self,
+        events: Sequence[bytes],
+        positions: list[int],
+        verdicts: dict[int, Verdict],
+        *,
+        whole: bool,
+    ) -> Verdict | None:
+        """Upload the rows at `positions`, halving the call while it is over 1 MiB (before
+        sending, or on a 413); with `whole`, a failure of the call is returned instead."""
+        body = b"[" + b",".join(events[position] for position in positions) + b"]"
+        if len(body) > MAX_CALL_BYTES:
+            verdict: Verdict = Reject(f"row of {len(body) - 2} bytes is over the 1 MiB per call")
+        else:
+            verdict = await self._upload(body)
+        too_large = isinstance(verdict, Reject) and (
+            len(body) > MAX_CALL_BYTES or verdict.reason.startswith("HTTP 413")
+        )
+        if too_large and len(positions) > 1:
+            half = len(positions) // 2
+            for part in (positions[:half], positions[half:]):
+                await self._send(events, part, verdicts, whole=False)
+            return None
+        if whole:
+            return None if isinstance(verdict, Ok) else verdict
+        for position in positions:
+            verdicts[position] = verdict
+        return None
+
+    async def _upload(self, body: bytes) -> Verdict:
+        """POST one JSON array; a 401 gets one more try with a freshly fetched token."""
+        client, tokens = self._ensure_client()
+        headers = {"Content-Type": "application/json"}
+        content = body
+        if self._config.gzip:
+            content = gzip_body(body)
+            headers["Content-Encoding"] = "gzip"
+        params = {"api-version": API_VERSION}
+        response = None
+        for attempt in (1, 2):
+            try:
+                token = await tokens.token()
+            except SinkError as error:
+                # A verdict, not an exception: halves of a split already sent stay delivered.
+                return Retry(str(error), error.retry_after)
+            headers["Authorization"] = f"Bearer {token}"
+            headers["x-ms-client-request-id"] = str(uuid.uuid4())
+            try:
+                response = await client.post(
+                    self._path, content=content, headers=headers, params=params
+                )
+            except Exception as error:  # httpx's transport errors and time-outs
+                return classify_exception(error)
+            if response.status_code != 401 or attempt == 2:
+                break
+            # The token expired early or was revoked: fetch a new one, once.
+            tokens.invalidate(token)
+        assert response is not None
+        verdict = classify(response.status_code, response.headers, response.content)
+        if response.status_code in (401, 403, 404):
+            log.error(
+                "the Logs Ingestion API refused the sink's settings; events wait",
+                extra={"sink": self.name, "status": response.status_code},
+            )
+        return verdict
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+            self._tokens = None

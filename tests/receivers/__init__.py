@@ -1,0 +1,1 @@
+"""Real receivers (rsyslogd, ...) started by tests on free local ports."""

@@ -1,0 +1,361 @@
+"""The Elasticsearch / OpenSearch sink against a fake cluster over real TCP."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trustme
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from forwarder.config import Config
+from forwarder.formats import encoder_for
+from forwarder.metrics import SinkMetrics
+from forwarder.sinks import create_sink
+from forwarder.sinks.base import PartialFailure, SinkError, deliver
+from forwarder.sinks.config import RetryConfig
+from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
+from forwarder.sinks.elasticsearch.sink import ElasticsearchSink
+from forwarder.sinks.ids import event_key
+from tests.fakes.elasticsearch import FakeElasticsearch
+from tests.fakes.server import AsgiServer
+from tests.helpers import normalized_sample, sample_paths
+
+INDEX = "logs-aha.audit-default"
+FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
+
+
+def documents(count: int) -> list[dict[str, Any]]:
+    """`count` distinct normalized events from the sample corpus."""
+    docs = [normalized_sample(path) for path in sample_paths()]
+    assert len(docs) >= count
+    return docs[:count]
+
+
+def sink_for(url: str, **options: Any) -> ElasticsearchSink:
+    config = ElasticsearchSinkConfig.model_validate(
+        {"type": "elasticsearch", "name": "es", "url": url} | options
+    )
+    return ElasticsearchSink(config)
+
+
+def prepared(sink: ElasticsearchSink, docs: list[dict[str, Any]], fmt: str = "ecs") -> list[bytes]:
+    encode = encoder_for(fmt)
+    return [sink.prepare(doc, encode(doc)) for doc in docs]
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[FakeElasticsearch, AsgiServer]]:
+    fake = FakeElasticsearch()
+    with AsgiServer(fake) as server:
+        yield fake, server
+
+
+async def test_events_are_created_under_their_key_and_a_resend_is_harmless(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url)
+    docs = documents(3)
+    events = prepared(sink, docs)
+    await sink.start()
+    try:
+        await sink.healthcheck()
+        await sink.send_batch(events)
+        # The same batch again, as after a crash before the offsets were committed.
+        await sink.send_batch(events)
+    finally:
+        await sink.close()
+    stored = fake.documents[INDEX]
+    assert set(stored) == {event_key(doc) for doc in docs}
+    for doc in docs:
+        assert stored[event_key(doc)] == orjson.loads(orjson.dumps(doc))
+    first, second = fake.bulk_requests()
+    assert first.headers["content-type"] == "application/x-ndjson"
+    assert [orjson.loads(line) for line in first.body.splitlines()[::2]] == [
+        {"create": {"_index": INDEX, "_id": event_key(doc)}} for doc in docs
+    ]
+    assert orjson.loads(second.body.splitlines()[0]) == orjson.loads(first.body.splitlines()[0])
+
+
+async def test_partial_failure_retries_what_can_succeed_and_rejects_the_rest(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url)
+    docs = documents(4)
+    events = prepared(sink, docs)
+    keys = [event_key(doc) for doc in docs]
+    await sink.start()
+    try:
+        await sink.send_batch([events[3]])  # already there: its 409 is a success
+        fake.fail_item(keys[0], 429, "es_rejected_execution_exception", "queue full", times=1)
+        fake.fail_item(
+            keys[1], 400, "mapper_parsing_exception", "failed to parse field [user.id]", times=None
+        )
+        with pytest.raises(PartialFailure) as caught:
+            await sink.send_batch(events)
+        assert caught.value.retry == (0,)
+        assert list(caught.value.rejected) == [1]
+        assert "mapper_parsing_exception" in caught.value.rejected[1]
+        assert "failed to parse field [user.id]" in caught.value.rejected[1]
+
+        # The same through deliver(): the 429 item lands on the next attempt, the created
+        # ones answer 409 and count as delivered.
+        fake.fail_item(keys[0], 429, "es_rejected_execution_exception", "queue full", times=1)
+        outcome = await deliver(sink, events, SinkMetrics(CollectorRegistry()), FAST_RETRY)
+    finally:
+        await sink.close()
+    assert sorted(outcome.delivered) == [0, 2, 3]
+    assert list(outcome.rejected) == [1]
+    assert fake.ids(INDEX) == {keys[0], keys[2], keys[3]}
+    # The retry sent only the item that failed, not the whole batch again.
+    last = fake.bulk_requests()[-1]
+    assert [orjson.loads(line)["create"]["_id"] for line in last.body.splitlines()[::2]] == [
+        keys[0]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retriable"),
+    [
+        (429, "es_rejected_execution_exception", True),
+        (500, "exception", True),
+        (502, "bad_gateway", True),
+        (503, "unavailable_shards_exception", True),
+        (400, "illegal_argument_exception", False),
+    ],
+)
+async def test_whole_request_failures(
+    cluster: tuple[FakeElasticsearch, AsgiServer], status: int, kind: str, retriable: bool
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url)
+    fake.fail_requests(status, kind, "told to fail", retry_after="7" if status == 429 else None)
+    events = prepared(sink, documents(2))
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.send_batch(events)
+    finally:
+        await sink.close()
+    assert not isinstance(caught.value, PartialFailure)
+    assert caught.value.retriable is retriable
+    assert f"HTTP {status}" in str(caught.value) and kind in str(caught.value)
+    assert caught.value.retry_after == (7.0 if status == 429 else None)
+    assert fake.ids(INDEX) == set()
+
+
+async def test_a_too_large_request_is_split_and_a_too_large_event_rejected(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url)
+    docs = documents(4)
+    docs[2] = docs[2] | {"message": "x" * 20_000}
+    events = prepared(sink, docs)
+    # Room for two ordinary events, never for the big one.
+    fake.max_content_length = max(len(event) for i, event in enumerate(events) if i != 2) * 2
+    try:
+        with pytest.raises(PartialFailure) as caught:
+            await sink.send_batch(events)
+    finally:
+        await sink.close()
+    assert caught.value.retry == ()
+    assert list(caught.value.rejected) == [2]
+    assert "HTTP 413" in caught.value.rejected[2]
+    assert fake.ids(INDEX) == {event_key(docs[i]) for i in (0, 1, 3)}
+
+
+async def test_a_single_event_larger_than_accepted_is_rejected(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    fake.max_content_length = 100
+    sink = sink_for(server.url)
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.send_batch(prepared(sink, documents(1)))
+    finally:
+        await sink.close()
+    assert caught.value.retriable is False
+    assert "HTTP 413" in str(caught.value)
+
+
+async def test_a_slow_answer_past_the_time_out_is_retriable(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    fake.delay_seconds = 1.0
+    sink = sink_for(server.url, http={"timeout_seconds": 0.2})
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.send_batch(prepared(sink, documents(1)))
+    finally:
+        await sink.close()
+    assert caught.value.retriable is True
+    assert "Timeout" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"api_key": "key-id:key-secret"},
+        {"api_key": base64.b64encode(b"key-id:key-secret").decode()},
+        {"username": "forwarder", "password": "s3cret-pass"},
+    ],
+    ids=["api-key-id-and-key", "api-key-encoded", "basic"],
+)
+async def test_accepted_credentials(credentials: dict[str, str]) -> None:
+    fake = FakeElasticsearch(api_keys={"key-id:key-secret"}, users={"forwarder": "s3cret-pass"})
+    with AsgiServer(fake) as server:
+        sink = sink_for(server.url, **credentials)
+        try:
+            await sink.healthcheck()
+            await sink.send_batch(prepared(sink, documents(1)))
+        finally:
+            await sink.close()
+    assert len(fake.ids(INDEX)) == 1
+
+
+async def test_bad_credentials_are_retriable_and_never_shown() -> None:
+    fake = FakeElasticsearch(api_keys={"key-id:key-secret"})
+    with AsgiServer(fake) as server:
+        sink = sink_for(server.url, api_key="key-id:wrong-secret")
+        try:
+            with pytest.raises(SinkError) as health:
+                await sink.healthcheck()
+            with pytest.raises(SinkError) as sent:
+                await sink.send_batch(prepared(sink, documents(1)))
+            outcome = await deliver(
+                sink,
+                prepared(sink, documents(1)),
+                SinkMetrics(CollectorRegistry()),
+                FAST_RETRY.model_copy(update={"max_attempts": 2}),
+            )
+        finally:
+            await sink.close()
+    for error in (health.value, sent.value):
+        assert error.retriable is True
+        assert "HTTP 401" in str(error) and "credentials" in str(error)
+        assert "wrong-secret" not in str(error)
+    assert outcome.attempts == 2  # retried, not rejected at once
+    assert fake.ids(INDEX) == set()
+
+
+@pytest.mark.parametrize("distribution", ["elasticsearch", "opensearch"])
+async def test_healthcheck_knows_both_distributions(distribution: str) -> None:
+    fake = FakeElasticsearch(distribution=distribution)
+    with AsgiServer(fake) as server:
+        sink = sink_for(server.url)
+        try:
+            await sink.healthcheck()
+        finally:
+            await sink.close()
+    assert [request.path for request in fake.requests] == ["/"]
+
+
+async def test_healthcheck_passes_for_a_key_that_may_only_write() -> None:
+    fake = FakeElasticsearch(api_keys={"id:key"}, cluster_info_forbidden=True)
+    with AsgiServer(fake) as server:
+        sink = sink_for(server.url, api_key="id:key")
+        try:
+            await sink.healthcheck()
+        finally:
+            await sink.close()
+
+
+async def test_healthcheck_fails_when_nothing_listens() -> None:
+    sink = sink_for("http://127.0.0.1:9", http={"connect_timeout_seconds": 1})
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.healthcheck()
+    finally:
+        await sink.close()
+    assert caught.value.retriable is True
+
+
+async def test_gzip_pipeline_and_a_plain_index(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url, gzip=True, index="aha-audit", pipeline="aha-enrich")
+    docs = documents(2)
+    try:
+        await sink.send_batch(prepared(sink, docs))
+    finally:
+        await sink.close()
+    (request,) = fake.bulk_requests()
+    assert request.headers["content-encoding"] == "gzip"
+    assert request.query == {"pipeline": ["aha-enrich"]}
+    assert fake.ids("aha-audit") == {event_key(doc) for doc in docs}
+
+
+async def test_ocsf_documents_get_the_timestamp_a_data_stream_needs(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url, format="ocsf")
+    (doc,) = documents(1)
+    try:
+        await sink.send_batch(prepared(sink, [doc], "ocsf"))
+    finally:
+        await sink.close()
+    stored = fake.documents[INDEX][event_key(doc)]
+    assert stored["@timestamp"] == doc["@timestamp"]
+    assert stored == {"@timestamp": doc["@timestamp"]} | orjson.loads(encoder_for("ocsf")(doc))
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    fake = FakeElasticsearch()
+    with AsgiServer(fake, certfile=cert, keyfile=key) as server:
+        untrusted = sink_for(server.url)
+        trusted = sink_for(server.url, http={"tls": {"ca_file": str(ca_file)}})
+        try:
+            with pytest.raises(SinkError) as caught:
+                await untrusted.healthcheck()
+            await trusted.healthcheck()
+            await trusted.send_batch(prepared(trusted, documents(1)))
+        finally:
+            await untrusted.close()
+            await trusted.close()
+    assert server.url.startswith("https://")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert len(fake.ids(INDEX)) == 1
+
+
+def test_config_is_part_of_the_sink_union_and_checked() -> None:
+    config = Config.model_validate(
+        {"sinks": [{"type": "elasticsearch", "name": "es", "url": "https://es:9200"}]}
+    )
+    (sink_config,) = config.sinks
+    assert isinstance(sink_config, ElasticsearchSinkConfig)
+    assert sink_config.index == INDEX
+    assert isinstance(create_sink(sink_config), ElasticsearchSink)
+    bad: list[dict[str, Any]] = [
+        {"format": "cef"},
+        {"username": "u"},
+        {"api_key": "k", "username": "u", "password": "p"},
+        {"index": "Logs-Upper"},
+        {"url": "es:9200"},
+        {"unknown": 1},
+    ]
+    for extra in bad:
+        with pytest.raises(ValidationError):
+            ElasticsearchSinkConfig.model_validate(
+                {"type": "elasticsearch", "name": "es", "url": "https://es:9200"} | extra
+            )
+    secret = ElasticsearchSinkConfig.model_validate(
+        {"type": "elasticsearch", "name": "es", "url": "https://es:9200", "api_key": "id:top"}
+    )
+    assert "top" not in repr(secret)

@@ -1,0 +1,364 @@
+"""The Microsoft Sentinel sink against a fake Azure (token + Logs Ingestion API) over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trustme
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from forwarder.config import Config
+from forwarder.formats import encoder_for
+from forwarder.metrics import SinkMetrics
+from forwarder.sinks import create_sink
+from forwarder.sinks.base import PartialFailure, SinkError, deliver
+from forwarder.sinks.config import RetryConfig
+from forwarder.sinks.ids import event_key
+from forwarder.sinks.sentinel.config import SentinelSinkConfig
+from forwarder.sinks.sentinel.sink import SentinelSink
+from tests.fakes.sentinel import FakeAzure
+from tests.fakes.server import AsgiServer
+from tests.helpers import normalized_sample, sample_paths
+
+FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05, max_attempts=2)
+
+
+def documents(count: int) -> list[dict[str, Any]]:
+    docs = [normalized_sample(path) for path in sample_paths()]
+    assert len(docs) >= count
+    return docs[:count]
+
+
+def sink_for(fake: FakeAzure, url: str, **options: Any) -> SentinelSink:
+    settings = {
+        "type": "sentinel",
+        "name": "sentinel",
+        "dce_endpoint": url,
+        "dcr_immutable_id": fake.dcr_immutable_id,
+        "tenant_id": fake.tenant_id,
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "token_url": url + fake.token_path,
+    }
+    return SentinelSink(SentinelSinkConfig.model_validate(settings | options))
+
+
+def prepared(sink: SentinelSink, docs: list[dict[str, Any]], fmt: str = "ecs") -> list[bytes]:
+    encode = encoder_for(fmt)
+    return [sink.prepare(doc, encode(doc)) for doc in docs]
+
+
+@pytest.fixture
+def azure() -> Iterator[tuple[FakeAzure, AsgiServer]]:
+    fake = FakeAzure()
+    with AsgiServer(fake) as server:
+        yield fake, server
+
+
+async def test_rows_arrive_with_their_columns_and_one_token_serves_many_calls(
+    azure: tuple[FakeAzure, AsgiServer],
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    docs = documents(3)
+    events = prepared(sink, docs)
+    await sink.start()
+    try:
+        await sink.healthcheck()
+        await sink.send_batch(events[:2])
+        await sink.send_batch(events[2:])
+    finally:
+        await sink.close()
+    assert fake.rows == [
+        {
+            "TimeGenerated": doc["@timestamp"],
+            "EventKey": event_key(doc),
+            "EventAction": doc["event"]["action"],
+            "Message": doc["message"],
+            "Event": orjson.loads(orjson.dumps(doc)),
+        }
+        for doc in docs
+    ]
+    assert len(fake.token_requests) == 1
+    assert fake.token_requests[0] == {
+        "grant_type": "client_credentials",
+        "client_id": fake.client_id,
+        "scope": "https://monitor.azure.com//.default",
+    }
+    upload = fake.uploads[-1]
+    assert upload.path == f"/dataCollectionRules/{fake.dcr_immutable_id}/streams/Custom-AhaAudit"
+    assert upload.query == {"api-version": ["2023-01-01"]}
+    assert upload.headers["content-type"] == "application/json"
+    assert upload.headers["content-encoding"] == "gzip"
+    assert orjson.loads(gzip.decompress(upload.body))[0]["EventKey"] == event_key(docs[2])
+
+
+async def test_ocsf_events_go_in_the_event_column(azure: tuple[FakeAzure, AsgiServer]) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url, format="ocsf", gzip=False)
+    (doc,) = documents(1)
+    try:
+        await sink.send_batch(prepared(sink, [doc], "ocsf"))
+    finally:
+        await sink.close()
+    (row,) = fake.rows
+    assert row["Event"] == orjson.loads(encoder_for("ocsf")(doc))
+    assert row["TimeGenerated"] == doc["@timestamp"]
+    assert "content-encoding" not in fake.uploads[0].headers
+
+
+async def test_a_token_the_api_refuses_is_replaced_once(
+    azure: tuple[FakeAzure, AsgiServer],
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    events = prepared(sink, documents(2))
+    try:
+        await sink.send_batch(events[:1])
+        fake.expire_tokens()  # expired at Azure while the sink still trusts it
+        await sink.send_batch(events[1:])
+    finally:
+        await sink.close()
+    assert [upload.status for upload in fake.uploads] == [204, 401, 204]
+    assert len(fake.token_requests) == 2
+    assert len(fake.rows) == 2
+
+
+async def test_a_short_lived_token_is_renewed_before_it_expires() -> None:
+    fake = FakeAzure(expires_in=2)
+    with AsgiServer(fake) as server:
+        sink = sink_for(fake, server.url)
+        events = prepared(sink, documents(2))
+        try:
+            await sink.send_batch(events[:1])
+            await asyncio.sleep(1.7)  # past the renewal point (1.6 s), before the expiry
+            await sink.send_batch(events[1:])
+        finally:
+            await sink.close()
+    assert [upload.status for upload in fake.uploads] == [204, 204]
+    assert len(fake.token_requests) == 2
+
+
+async def test_concurrent_batches_share_one_token_fetch(
+    azure: tuple[FakeAzure, AsgiServer],
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    events = prepared(sink, documents(5))
+    try:
+        await asyncio.gather(*(sink.send_batch([event]) for event in events))
+    finally:
+        await sink.close()
+    assert len(fake.token_requests) == 1
+    assert len(fake.rows) == 5
+
+
+async def test_a_token_refused_again_after_renewal_is_retriable() -> None:
+    fake = FakeAzure(expires_in=0)  # every token is dead on arrival
+    with AsgiServer(fake) as server:
+        sink = sink_for(fake, server.url)
+        try:
+            with pytest.raises(SinkError) as caught:
+                await sink.send_batch(prepared(sink, documents(1)))
+        finally:
+            await sink.close()
+    assert caught.value.retriable is True
+    assert "HTTP 401" in str(caught.value)
+    assert [upload.status for upload in fake.uploads] == [401, 401]
+    assert fake.rows == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ({"client_secret": "not-the-secret"}, "invalid_client"),
+        ({"client_id": "99999999-0000-0000-0000-000000000000"}, "unauthorized_client"),
+        ({"scope": "https://management.azure.com/.default"}, "invalid_scope"),
+    ],
+)
+async def test_bad_credentials_wait_instead_of_dead_lettering(
+    azure: tuple[FakeAzure, AsgiServer], setting: dict[str, str], error: str
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url, **setting)
+    events = prepared(sink, documents(1))
+    try:
+        with pytest.raises(SinkError) as health:
+            await sink.healthcheck()
+        with pytest.raises(SinkError) as sent:
+            await sink.send_batch(events)
+        outcome = await deliver(sink, events, SinkMetrics(CollectorRegistry()), FAST_RETRY)
+    finally:
+        await sink.close()
+    for raised in (health.value, sent.value):
+        assert raised.retriable is True
+        assert error in str(raised)
+        assert "not-the-secret" not in str(raised) and fake.client_secret not in str(raised)
+    assert outcome.attempts == 2 and outcome.delivered == []
+    assert fake.uploads == []
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "retriable", "hint"),
+    [
+        ({"authorized": False}, 403, True, "Monitoring Metrics Publisher"),
+        (
+            {"dcr_immutable_id": "dcr-ffffffffffffffffffffffffffffffff"},
+            404,
+            True,
+            "dcr_immutable_id",
+        ),
+        ({"streams": ("Custom-Other",)}, 400, False, "InvalidStream"),
+    ],
+)
+async def test_refusals_of_the_rule_say_what_to_fix(
+    change: dict[str, Any], status: int, retriable: bool, hint: str
+) -> None:
+    fake = FakeAzure()
+    with AsgiServer(fake) as server:
+        sink = sink_for(fake, server.url)
+        for key, value in change.items():
+            setattr(fake, key, value)
+        try:
+            with pytest.raises(SinkError) as caught:
+                await sink.send_batch(prepared(sink, documents(1)))
+        finally:
+            await sink.close()
+    assert caught.value.retriable is retriable
+    assert f"HTTP {status}" in str(caught.value) and hint in str(caught.value)
+    assert fake.rows == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "after"),
+    [
+        (429, "TooManyRequests", "5"),
+        (503, "ServiceUnavailable", "2"),
+        (500, "InternalServerError", None),
+    ],
+)
+async def test_throttling_and_server_errors_are_retried_after_what_azure_says(
+    azure: tuple[FakeAzure, AsgiServer], status: int, code: str, after: str | None
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    fake.fail_uploads(status, code, retry_after=after)
+    events = prepared(sink, documents(2))
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.send_batch(events)
+        await sink.send_batch(events)
+    finally:
+        await sink.close()
+    assert caught.value.retriable is True
+    assert caught.value.retry_after == (float(after) if after else None)
+    assert code in str(caught.value)
+    assert len(fake.rows) == 2
+
+
+async def test_calls_over_one_mebibyte_are_split_and_an_oversized_row_rejected(
+    azure: tuple[FakeAzure, AsgiServer],
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    docs = documents(4)
+    docs[0] = docs[0] | {"message": "a" * 450_000}
+    docs[1] = docs[1] | {"message": "b" * 450_000}
+    docs[2] = docs[2] | {"message": "c" * 1_100_000}
+    events = prepared(sink, docs)
+    try:
+        with pytest.raises(PartialFailure) as caught:
+            await sink.send_batch(events)
+    finally:
+        await sink.close()
+    assert caught.value.retry == ()
+    assert list(caught.value.rejected) == [2]
+    assert "1 MiB" in caught.value.rejected[2]
+    assert sorted(row["EventKey"] for row in fake.rows) == sorted(
+        event_key(docs[i]) for i in (0, 1, 3)
+    )
+    # Every call stayed within the limit, so Azure never had to refuse one.
+    assert all(upload.status == 204 for upload in fake.uploads)
+
+
+async def test_a_413_from_azure_splits_the_call(azure: tuple[FakeAzure, AsgiServer]) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    fake.fail_uploads(413, "ContentLengthLimitExceeded")
+    docs = documents(2)
+    try:
+        await sink.send_batch(prepared(sink, docs))
+    finally:
+        await sink.close()
+    assert [upload.status for upload in fake.uploads] == [413, 204, 204]
+    assert [row["EventKey"] for row in fake.rows] == [event_key(doc) for doc in docs]
+
+
+async def test_a_slow_answer_past_the_time_out_is_retriable(
+    azure: tuple[FakeAzure, AsgiServer],
+) -> None:
+    fake, server = azure
+    fake.delay_seconds = 1.0
+    sink = sink_for(fake, server.url, http={"timeout_seconds": 0.2})
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.send_batch(prepared(sink, documents(1)))
+    finally:
+        await sink.close()
+    assert caught.value.retriable is True
+    assert "Timeout" in str(caught.value)
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    fake = FakeAzure()
+    with AsgiServer(fake, certfile=cert, keyfile=key) as server:
+        sink = sink_for(fake, server.url, http={"tls": {"ca_file": str(ca_file)}})
+        try:
+            await sink.send_batch(prepared(sink, documents(1)))
+        finally:
+            await sink.close()
+    assert server.url.startswith("https://")
+    assert len(fake.rows) == 1
+
+
+def test_config_is_part_of_the_sink_union_and_checked() -> None:
+    base = {
+        "type": "sentinel",
+        "name": "sentinel",
+        "dce_endpoint": "https://aha-x1y2.westeurope-1.ingest.monitor.azure.com",
+        "dcr_immutable_id": "dcr-0123456789abcdef0123456789abcdef",
+        "tenant_id": "00000000-0000-0000-0000-0000000000aa",
+        "client_id": "11111111-2222-3333-4444-555555555555",
+        "client_secret": "top-secret-value",
+    }
+    (config,) = Config.model_validate({"sinks": [base]}).sinks
+    assert isinstance(config, SentinelSinkConfig)
+    assert isinstance(create_sink(config), SentinelSink)
+    assert config.token_endpoint == (
+        "https://login.microsoftonline.com/00000000-0000-0000-0000-0000000000aa/oauth2/v2.0/token"
+    )
+    assert config.batch_max_bytes + config.batch_max_events + 1 <= 1024 * 1024
+    assert "top-secret-value" not in repr(config)
+    for bad in (
+        {"format": "cef"},
+        {"batch_max_bytes": 1_048_200},
+        {"dcr_immutable_id": "not-a-dcr"},
+        {"stream_name": "AhaAudit"},
+        {"client_secret": None},
+        {"unknown": 1},
+    ):
+        with pytest.raises(ValidationError):
+            SentinelSinkConfig.model_validate(base | bad)

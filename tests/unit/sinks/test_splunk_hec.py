@@ -1,0 +1,491 @@
+"""The Splunk HEC sink against a fake collector over real TCP (and once over TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trustme
+from prometheus_client import CollectorRegistry
+
+from forwarder.config import Config
+from forwarder.formats import encoder_for
+from forwarder.metrics import SinkMetrics
+from forwarder.sinks import create_sink
+from forwarder.sinks.base import PartialFailure, SinkError, deliver
+from forwarder.sinks.config import RetryConfig
+from forwarder.sinks.splunk_hec import SplunkHecSink, SplunkHecSinkConfig
+from tests.fakes.server import AsgiServer
+from tests.fakes.splunk_hec import FakeHec
+from tests.helpers import normalized_sample, sample_paths
+
+TOKEN = "8f4e3c2a-1b2c-4d5e-9f60-7a8b9c0d1e2f"
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class Switch:
+    """One server for the module; each test plugs in its own fake collector."""
+
+    def __init__(self) -> None:
+        self.fake = FakeHec(TOKEN)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.fake(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[AsgiServer, Switch]]:
+    switch = Switch()
+    with AsgiServer(switch) as running:
+        yield running, switch
+
+
+@pytest.fixture
+def fake(server: tuple[AsgiServer, Switch]) -> FakeHec:
+    server[1].fake = FakeHec(TOKEN)
+    return server[1].fake
+
+
+@pytest.fixture
+def url(server: tuple[AsgiServer, Switch]) -> str:
+    return server[0].url
+
+
+def sink_config(url: str, **overrides: Any) -> SplunkHecSinkConfig:
+    return SplunkHecSinkConfig.model_validate(
+        {"type": "splunk_hec", "name": "splunk", "url": url, "token": TOKEN} | overrides
+    )
+
+
+@pytest.fixture
+async def open_sinks() -> AsyncIterator[list[SplunkHecSink]]:
+    sinks: list[SplunkHecSink] = []
+    yield sinks
+    for sink in sinks:
+        await sink.close()
+
+
+@pytest.fixture
+def make(open_sinks: list[SplunkHecSink], url: str) -> Any:
+    def build(**overrides: Any) -> SplunkHecSink:
+        sink = create_sink(sink_config(overrides.pop("url", url), **overrides))
+        assert isinstance(sink, SplunkHecSink)
+        open_sinks.append(sink)
+        return sink
+
+    return build
+
+
+def docs(count: int) -> list[dict[str, Any]]:
+    return [normalized_sample(path) for path in sample_paths()[:count]]
+
+
+def prepared(sink: SplunkHecSink, documents: list[dict[str, Any]], fmt: str = "ecs") -> list[bytes]:
+    encode = encoder_for(fmt)
+    return [sink.prepare(doc, encode(doc)) for doc in documents]
+
+
+def ack_settings(**overrides: Any) -> dict[str, Any]:
+    return {"enabled": True, "poll_interval_seconds": 0.05, "timeout_seconds": 2.0} | overrides
+
+
+def metrics() -> SinkMetrics:
+    return SinkMetrics(CollectorRegistry())
+
+
+# -- delivery -------------------------------------------------------------------------------
+
+
+async def test_a_batch_is_one_gzip_request_of_concatenated_envelopes(
+    fake: FakeHec, make: Any
+) -> None:
+    sink = make(index="aha_audit")
+    await sink.start()
+    documents = docs(3)
+    await sink.send_batch(prepared(sink, documents))
+
+    [request] = fake.event_requests()
+    assert request.headers["authorization"] == f"Splunk {TOKEN}"
+    assert request.headers["content-encoding"] == "gzip"
+    assert "x-splunk-request-channel" not in request.headers  # no acknowledgement asked
+    assert gzip.decompress(request.body).count(b'"sourcetype":"aha:audit:ecs"') == 3
+    assert [envelope["event"] for envelope in fake.events] == documents
+    assert {envelope["index"] for envelope in fake.events} == {"aha_audit"}
+    assert [envelope["fields"]["event.action"] for envelope in fake.events] == [
+        doc["event"]["action"] for doc in documents
+    ]
+
+
+async def test_gzip_off_sends_plain_json(fake: FakeHec, make: Any) -> None:
+    sink = make(gzip=False)
+    await sink.send_batch(prepared(sink, docs(2)))
+    [request] = fake.event_requests()
+    assert "content-encoding" not in request.headers
+    assert request.body.startswith(b'{"time":')
+    assert len(fake.events) == 2
+
+
+async def test_cef_events_arrive_as_strings(fake: FakeHec, make: Any) -> None:
+    sink = make(format="cef")
+    documents = docs(2)
+    await sink.send_batch(prepared(sink, documents, "cef"))
+    assert [envelope["event"] for envelope in fake.events] == [
+        encoder_for("cef")(doc).decode() for doc in documents
+    ]
+    assert {envelope["sourcetype"] for envelope in fake.events} == {"aha:audit:cef"}
+
+
+@pytest.mark.parametrize(
+    ("code", "retriable"),
+    [
+        (6, False),  # Invalid data format (no event named: the whole request)
+        (12, False),  # Event field is required
+        (13, False),  # Event field cannot be blank
+        (15, False),  # Error in handling indexed fields
+        (5, False),  # No data
+        (7, True),  # Incorrect index: the token's allow list, fixed by an operator
+        (8, True),  # Internal server error
+        (9, True),  # Server is busy
+        (10, True),  # Data channel is missing: the token wants acknowledgement
+        (1, True),  # Token disabled
+        (4, True),  # Invalid token
+    ],
+)
+async def test_each_hec_code(fake: FakeHec, make: Any, code: int, retriable: bool) -> None:
+    sink = make()
+    fake.force_code(code)
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch(prepared(sink, docs(2)))
+    assert raised.value.retriable is retriable
+    assert not isinstance(raised.value, PartialFailure)
+    assert f"code {code}" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retriable"),
+    [
+        (500, "<html>oops</html>", True),
+        (502, "Bad gateway", True),
+        (404, {"text": "The requested URL was not found on this server.", "code": 404}, True),
+        (400, "Bad request", False),
+        (405, "Method not allowed", False),
+    ],
+)
+async def test_plain_http_answers(
+    fake: FakeHec, make: Any, status: int, body: Any, retriable: bool
+) -> None:
+    sink = make()
+    fake.force(status, body)
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch(prepared(sink, docs(1)))
+    assert raised.value.retriable is retriable
+    assert f"HTTP {status}" in str(raised.value)
+
+
+async def test_busy_collector_is_retried_after_its_retry_after(fake: FakeHec, make: Any) -> None:
+    sink = make()
+    fake.busy, fake.busy_retry_after = 1, 1
+    events = prepared(sink, docs(2))
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch(events)
+    assert raised.value.retriable and raised.value.retry_after == 1.0
+
+    fake.busy = 1
+    started = time.monotonic()
+    outcome = await deliver(sink, events, metrics(), RetryConfig(initial_backoff_seconds=0.01))
+    assert time.monotonic() - started >= 1.0  # Retry-After, not the 10 ms back-off
+    assert outcome.delivered == [0, 1] and not outcome.rejected
+    assert len(fake.events) == 2
+
+
+async def test_slow_answer_past_the_time_out_is_retriable(fake: FakeHec, make: Any) -> None:
+    sink = make(http={"timeout_seconds": 0.3})
+    fake.delay_seconds = 3.0
+    started = time.monotonic()
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch(prepared(sink, docs(1)))
+    assert time.monotonic() - started < 2.5
+    assert raised.value.retriable and "Timeout" in str(raised.value)
+
+
+async def test_unreachable_collector_is_retriable(make: Any) -> None:
+    sink = make(url="http://127.0.0.1:9", http={"connect_timeout_seconds": 1})
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch([b'{"event":"x"}'])
+    assert raised.value.retriable
+    with pytest.raises(SinkError):
+        await sink.healthcheck()
+
+
+# -- one bad event in a batch -----------------------------------------------------------
+
+
+async def test_an_invalid_event_is_rejected_and_the_others_retried(
+    fake: FakeHec, make: Any
+) -> None:
+    sink = make(gzip=False)
+    good = prepared(sink, docs(3))
+    blank = b'{"source":"x","event":""}'
+    batch = [good[0], blank, good[1], good[2]]
+    with pytest.raises(PartialFailure) as raised:
+        await sink.send_batch(batch)
+    assert raised.value.rejected.keys() == {1}
+    assert "code 13" in raised.value.rejected[1]
+    assert raised.value.retry == (0, 2, 3)
+
+
+async def test_deliver_dead_letters_only_the_invalid_event(fake: FakeHec, make: Any) -> None:
+    sink = make()
+    good = prepared(sink, docs(3))
+    bad_fields = b'{"fields":{"n":1},"event":{"a":1}}'  # indexed field values must be text
+    batch = [good[0], good[1], bad_fields, good[2]]
+
+    outcome = await deliver(sink, batch, metrics(), RetryConfig(initial_backoff_seconds=0.01))
+
+    assert sorted(outcome.delivered) == [0, 1, 3]
+    assert outcome.rejected.keys() == {2} and "code 15" in outcome.rejected[2]
+    keys = [envelope["fields"]["event_key"] for envelope in fake.events]
+    first, second, last = (orjson.loads(event)["fields"]["event_key"] for event in good)
+    # HEC kept the events before the bad one; they are sent again with the rest, so Splunk
+    # holds them twice (at-least-once; `| dedup event_key` finds them). Nothing is lost.
+    assert keys.count(first) == 2 and keys.count(second) == 2 and keys.count(last) == 1
+
+
+async def test_too_large_requests_are_split(fake: FakeHec, make: Any) -> None:
+    sink = make(gzip=False)
+    events = prepared(sink, docs(4))
+    fake.max_content_length = max(len(event) for event in events) * 2 + 2
+    await sink.send_batch(events)
+    assert [envelope["event"] for envelope in fake.events] == docs(4)
+    assert len(fake.event_requests()) == 3  # refused whole, then two halves
+
+
+async def test_one_event_too_large_is_rejected(fake: FakeHec, make: Any) -> None:
+    sink = make()
+    [event] = prepared(sink, docs(1))
+    fake.max_content_length = len(event) - 1
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch([event])
+    assert not raised.value.retriable and "HTTP 413" in str(raised.value)
+
+
+# -- the token ---------------------------------------------------------------------------
+
+
+async def test_a_wrong_token_is_retriable_and_never_shown(
+    fake: FakeHec, make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = str(uuid.uuid4())
+    sink = make(token=wrong)
+    with pytest.raises(SinkError) as send_error:
+        await sink.send_batch(prepared(sink, docs(1)))
+    with pytest.raises(SinkError) as health_error:
+        await sink.healthcheck()
+    for error in (send_error.value, health_error.value):
+        assert error.retriable and error.reason == "auth"
+        assert "token" in str(error) and wrong not in str(error)
+    assert wrong not in caplog.text and wrong not in repr(sink._config)
+    assert fake.events == []
+
+
+async def test_events_wait_for_a_disabled_token_to_be_enabled(fake: FakeHec, make: Any) -> None:
+    sink = make()
+    fake.tokens[TOKEN] = False
+    events = prepared(sink, docs(2))
+    delivery = asyncio.create_task(
+        deliver(sink, events, metrics(), RetryConfig(initial_backoff_seconds=0.05))
+    )
+    while len(fake.event_requests()) < 3:
+        await asyncio.sleep(0.02)
+    assert not delivery.done()
+    fake.tokens[TOKEN] = True
+    outcome = await asyncio.wait_for(delivery, 10)
+    assert outcome.delivered == [0, 1] and not outcome.rejected  # nothing dead-lettered
+    assert len(fake.events) == 2
+
+
+# -- indexer acknowledgement ---------------------------------------------------------------
+
+
+async def test_ack_waits_until_indexed(fake: FakeHec, make: Any) -> None:
+    fake.ack = True
+    fake.ack_delay_seconds = 0.3
+    sink = make(acknowledgement=ack_settings())
+    started = time.monotonic()
+    await sink.send_batch(prepared(sink, docs(2)))
+    await sink.send_batch(prepared(sink, docs(1)))
+    assert time.monotonic() - started >= 0.6  # returned only once each request was indexed
+
+    channels = {request.headers["x-splunk-request-channel"] for request in fake.requests}
+    assert channels == {sink.channel} and GUID.match(sink.channel)
+    assert len(fake.event_requests()) == 2  # late, not lost: no resend
+    assert [0] in fake.ack_queries and [1] in fake.ack_queries
+    assert len(fake.events) == 3
+
+
+async def test_a_lost_ack_is_resent_once_the_time_out_passes(fake: FakeHec, make: Any) -> None:
+    fake.ack, fake.lose_acks = True, 1
+    sink = make(acknowledgement=ack_settings(timeout_seconds=0.3))
+    events = prepared(sink, docs(2))
+    await sink.send_batch(events)
+    assert len(fake.event_requests()) == 2
+    # The first copy may be in Splunk too: at-least-once.
+    assert len(fake.events) == 4
+
+
+async def test_a_late_ack_of_the_first_send_settles_the_resend(fake: FakeHec, make: Any) -> None:
+    fake.ack = True
+    # The first send is indexed late (after its time-out, before the resend's), the resend's
+    # ack is lost: only the first send's ackId, still polled, can settle the batch.
+    fake.ack_plan = [1.5, None]
+    sink = make(acknowledgement=ack_settings(timeout_seconds=1.0, max_resends=1))
+    await sink.send_batch(prepared(sink, docs(1)))
+    assert len(fake.event_requests()) == 2
+    assert any(0 in query and 1 in query for query in fake.ack_queries)
+
+
+async def test_resends_are_capped_and_paced(fake: FakeHec, make: Any) -> None:
+    fake.ack, fake.lose_acks = True, 100
+    sink = make(acknowledgement=ack_settings(timeout_seconds=0.25, max_resends=2))
+    started = time.monotonic()
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch(prepared(sink, docs(1)))
+    elapsed = time.monotonic() - started
+    assert raised.value.retriable and "acknowledgement" in str(raised.value)
+    assert len(fake.event_requests()) == 3  # the send and two resends, no more
+    assert elapsed >= 0.75  # each send waited its full time-out
+
+
+async def test_ack_poll_finds_every_part_of_a_split_batch(fake: FakeHec, make: Any) -> None:
+    fake.ack = True
+    sink = make(gzip=False, acknowledgement=ack_settings())
+    events = prepared(sink, docs(4))
+    fake.max_content_length = max(len(event) for event in events) * 2 + 2
+    await sink.send_batch(events)
+    assert len(fake.events) == 4
+    assert any(set(query) == {0, 1} for query in fake.ack_queries)
+
+
+async def test_token_with_acks_but_sink_without_is_reported(fake: FakeHec, make: Any) -> None:
+    fake.ack = True
+    sink = make()
+    with pytest.raises(SinkError) as raised:
+        await sink.send_batch(prepared(sink, docs(1)))
+    assert raised.value.retriable and "enable acknowledgement" in str(raised.value)
+    with pytest.raises(SinkError):
+        await sink.healthcheck()
+
+
+async def test_sink_with_acks_but_token_without_trusts_the_200(
+    fake: FakeHec, make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = make(acknowledgement=ack_settings())
+    with caplog.at_level(logging.WARNING, logger="forwarder.sinks.splunk_hec"):
+        await sink.send_batch(prepared(sink, docs(1)))
+        await sink.send_batch(prepared(sink, docs(1)))
+    assert len(fake.events) == 2 and fake.ack_queries == []
+    assert caplog.text.count("does not use it") == 1
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+async def test_healthcheck(fake: FakeHec, make: Any) -> None:
+    sink = make()
+    await sink.healthcheck()
+    assert fake.events == []  # the token probe indexes nothing
+    fake.healthy = False
+    with pytest.raises(SinkError) as raised:
+        await sink.healthcheck()
+    assert raised.value.retriable and "queues are full" in str(raised.value)
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[AsgiServer, Switch, Path]]:
+    folder = tmp_path_factory.mktemp("hec-tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(folder / "server.pem")
+    ca.cert_pem.write_to_path(folder / "ca.pem")
+    switch = Switch()
+    with AsgiServer(
+        switch, certfile=folder / "server.pem", keyfile=folder / "server.pem"
+    ) as running:
+        yield running, switch, folder / "ca.pem"
+
+
+async def test_tls_with_a_ca_bundle(tls_server: tuple[AsgiServer, Switch, Path], make: Any) -> None:
+    running, switch, ca_file = tls_server
+    switch.fake = FakeHec(TOKEN)
+    sink = make(url=running.url, http={"tls": {"ca_file": str(ca_file)}})
+    await sink.healthcheck()
+    await sink.send_batch(prepared(sink, docs(1)))
+    assert len(switch.fake.events) == 1
+
+    untrusting = make(url=running.url)
+    with pytest.raises(SinkError) as raised:
+        await untrusting.send_batch(prepared(untrusting, docs(1)))
+    assert raised.value.retriable and len(switch.fake.events) == 1
+
+
+async def test_an_unreadable_ca_bundle_is_retriable(make: Any, tmp_path: Path) -> None:
+    sink = make(http={"tls": {"ca_file": str(tmp_path / "missing.pem")}})
+    for attempt in (sink.start, sink.healthcheck, lambda: sink.send_batch([b"{}"])):
+        with pytest.raises(SinkError) as raised:
+            await attempt()
+        assert raised.value.retriable and "TLS files" in str(raised.value)
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def test_config_in_the_main_file() -> None:
+    config = Config.model_validate(
+        {
+            "sinks": [
+                {
+                    "type": "splunk_hec",
+                    "name": "splunk",
+                    "url": "https://splunk.example.com:8088/",
+                    "token": TOKEN,
+                    "format": "leef",
+                }
+            ]
+        }
+    )
+    [sink] = config.sinks
+    assert isinstance(sink, SplunkHecSinkConfig)
+    assert sink.url == "https://splunk.example.com:8088"
+    assert sink.effective_sourcetype == "aha:audit:leef"
+    assert TOKEN not in repr(sink) and sink.gzip and not sink.acknowledgement.enabled
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"url": "https://splunk:8088/services/collector/event"}, "leave out /services/collector"),
+        ({"url": "splunk:8088"}, "http(s)://"),
+        ({"format": "syslog-cef"}, "not accepted"),
+        ({"token": " "}, "non-empty"),
+        ({"acknowledgement": {"poll_interval_seconds": 10, "timeout_seconds": 5}}, "poll_interval"),
+        ({"indexes": "main"}, "Extra inputs"),
+    ],
+)
+def test_config_mistakes_are_named(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sink_config(overrides.pop("url", "https://splunk:8088"), **overrides)
