@@ -20,6 +20,7 @@ from forwarder.config import Config
 from forwarder.kafka_client import broker_urls, window_ticks_topic
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
+from forwarder.pipeline.sensors import FaustSensor
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
 
 log = logging.getLogger("forwarder.worker")
@@ -55,6 +56,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         stream_wait_empty=False,
         autodiscover=False,
     )
+    app.monitor = FaustSensor(registry, app="normalize")
     events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")
     accounts = config.token_accounts()
     include_original = config.worker.include_original

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
@@ -84,12 +85,12 @@ async def replay(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = None if dry_run else AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     summary = Summary()
     sink = create_sink(sink_config, bootstrap)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
+        partitions = await _partitions(config, topic)
         if not partitions:
             print(f"{topic}: no such topic, nothing to replay")
             return 0
@@ -101,7 +102,7 @@ async def replay(
         if not remaining:
             print(f"{topic}: nothing to replay")
             return 0
-        if not dry_run:
+        if producer is not None:
             await producer.start()
             await sink.start()
             try:
@@ -115,6 +116,7 @@ async def replay(
         offsets: dict[TopicPartition, int] = {}
 
         async def send_dlq(**message: Any) -> Any:
+            assert producer is not None
             return await producer.send(topic, **message)
 
         async def flush() -> None:
@@ -168,12 +170,28 @@ async def replay(
             await consumer.commit({tp: offset + 1 for tp, offset in offsets.items()})
     finally:
         await consumer.stop()
-        if not dry_run:
+        if producer is not None:
             await producer.stop()
             await sink.close()
     for line in summary.lines(dry_run):
         print(line)
     return 0 if summary.dead_lettered == 0 else 1
+
+
+async def _partitions(config: Config, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        client_id=f"{config.kafka.client_id}-replay",
+        request_timeout_ms=int(config.kafka.request_timeout_seconds * 1000),
+    )
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code"):
+        return []
+    return [int(partition["partition"]) for partition in described.get("partitions", [])]
 
 
 async def _seek(

@@ -27,6 +27,7 @@ from forwarder.config import Config, SinkConfig
 from forwarder.formats import Encoder, encoder_for
 from forwarder.kafka_client import broker_urls
 from forwarder.metrics import SinkMetrics
+from forwarder.pipeline.sensors import FaustSensor
 from forwarder.sinks import SinkError, create_sink
 from forwarder.sinks.base import Sink, deliver
 
@@ -209,6 +210,7 @@ def create_sink_app(
         stream_wait_empty=False,
         autodiscover=False,
     )
+    app.monitor = FaustSensor(registry, app=f"sink-{name}")
     events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(
         dlq_topic_name(config, name), key_serializer="raw", value_serializer="raw"

@@ -192,7 +192,9 @@ def wait_worker_settled(
             )
         }
         assigned = values.get("aha_siem_worker_assigned_partitions", 0)
-        sink_rebalancing = {k: v for k, v in values.items() if k.startswith("aha_siem_sink_rebalancing")}
+        sink_rebalancing = {
+            k: v for k, v in values.items() if k.startswith("aha_siem_sink_rebalancing")
+        }
         sink_assigned = {
             k: v for k, v in values.items() if k.startswith("aha_siem_sink_assigned_partitions")
         }
