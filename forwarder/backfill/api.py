@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("forwarder.backfill.api")
 
 AUDITS_PATH = "/api/v1/audits"
-_EXTRA = "pip install 'aha-siem-forwarder[http]'"
 # Longest single back-off; a Retry-After beyond it is still honoured up to the rate-limit budget.
 _MAX_BACKOFF = 60.0
 
@@ -237,10 +236,8 @@ class AhaClient:
     ) -> None:
         if account.api_key is None:
             raise AuthError(f"account {account.name!r} has no api_key configured")
-        try:
-            import httpx
-        except ImportError:  # pragma: no cover - depends on the installed extras
-            raise ImportError(f"the Aha! API client needs httpx: {_EXTRA}") from None
+        import httpx
+
         self.account = account
         self.stats = RequestStats()
         self._metrics = metrics

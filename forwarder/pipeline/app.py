@@ -20,8 +20,8 @@ from forwarder.config import Config
 from forwarder.kafka_client import broker_urls, window_ticks_topic
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
-from forwarder.pipeline.sensors import FaustSensor
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
+from forwarder.pipeline.sensors import FaustSensor
 
 log = logging.getLogger("forwarder.worker")
 

@@ -14,15 +14,11 @@ from forwarder.sinks.config import HttpClientConfig
 if TYPE_CHECKING:
     import httpx
 
-_EXTRA = "pip install 'aha-siem-forwarder[http]'"
-
 
 def build_client(config: HttpClientConfig, base_url: str = "") -> httpx.AsyncClient:
     """An httpx client with the sink's time-outs, TLS, proxy and connection limits."""
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ImportError(f"HTTP sinks need httpx: {_EXTRA}") from None
+    import httpx
+
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),

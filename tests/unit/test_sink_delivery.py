@@ -90,7 +90,9 @@ class PartialSink(ScriptedSink):
         self.delivered.extend(events)
 
 
-async def test_a_partial_failure_resends_only_the_retriable_items_and_reports_the_rejected() -> None:
+async def test_a_partial_failure_resends_only_the_retriable_items_and_reports_the_rejected() -> (
+    None
+):
     # First call: d is rejected, b and c are retried; second call (b, c): c retried again.
     sink = PartialSink(([1, 2], {3: "mapper_parsing_exception"}), ([1], {}))
     worker_metrics, registry = metrics()
@@ -112,7 +114,9 @@ async def test_max_attempts_sends_what_never_succeeded_to_the_dead_letter_side()
     assert all(reason.startswith("retries exhausted") for reason in outcome.rejected.values())
 
 
-async def test_retry_after_from_the_destination_sets_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_retry_after_from_the_destination_sets_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     waits: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:

@@ -6,7 +6,6 @@ import itertools
 from typing import Any
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from forwarder.pipeline import dedupe, window
 from forwarder.pipeline.normalize import Provenance, normalize

@@ -7,10 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-try:
-    import httpx
-except ImportError:  # pragma: no cover - depends on the installed extras
-    raise ImportError("the http sink needs httpx: pip install 'aha-siem-forwarder[http]'") from None
+import httpx
 
 from forwarder.sinks.base import SinkError, raise_for
 from forwarder.sinks.http.config import BasicAuth, BearerAuth, HeaderAuth, HttpSinkConfig
