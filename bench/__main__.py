@@ -1,4 +1,4 @@
-"""`python -m bench`: ingest and worker throughput beside their baselines, in one run."""
+"""`python -m bench`: ingest, worker and sink throughput beside their baselines, in one run."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench import load, median, worker
+from bench import load, median, sinks, worker
 from bench.formats import bench_formats
 from forwarder import devbroker
 from forwarder.config import IngestConfig, hash_token
@@ -186,6 +186,8 @@ def table(rows: list[Row]) -> str:
             lat += f" {r['errors']} errors"
         if "start-up" in r["metric"]:
             lat = f"start-up {r['startup_s']:.1f} s"
+        if r.get("note"):
+            lat = f"{lat} {r['note']}".strip()
         name = r["variant"] + (" [baseline]" if r["baseline"] else "")
         rounds = " ".join(f"{v:.0f}" for v in r["rounds"])
         lines.append(
@@ -226,10 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--events", type=int, default=20_000, help="raw records per worker run")
     parser.add_argument("--worker-rounds", type=int, default=1)
-    parser.add_argument("--only", choices=("ingest", "worker", "formats"))
+    parser.add_argument("--sink-events", type=int, default=10_000, help="events per sink run")
+    parser.add_argument("--sink-rounds", type=int, default=1)
+    parser.add_argument(
+        "--sinks",
+        default=",".join(sinks.SINKS),
+        help="comma-separated sink types to measure (default: all with a local receiver)",
+    )
+    parser.add_argument("--only", choices=("ingest", "worker", "sinks", "formats"))
     parser.add_argument("--broker-kind", default="kafka", choices=devbroker.KINDS)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    kinds = [kind.strip() for kind in args.sinks.split(",") if kind.strip()]
+    if unknown := [kind for kind in kinds if kind not in sinks.SINKS]:
+        parser.error(f"--sinks: unknown {', '.join(unknown)}; known: {', '.join(sinks.SINKS)}")
     # aiokafka logs the retries it handles itself (leaders of just-created topics, the offsets
     # topic being created); a real failure still ends the run with an exception.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -240,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     args.generator = "httpx" if args.generator == "httpx" else found
 
     if args.only == "formats":
-        rows = bench_formats()
-        add_ratios(rows)
+        only_formats = bench_formats()
+        add_ratios(only_formats)
         print("formats: sample corpus, median of 5 rounds x 0.5 s; ratio to orjson.dumps\n")
-        print(table(rows))
+        print(table(only_formats))
         return 0
     external = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
     if external:
@@ -261,12 +273,23 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(WORK_DIR, ignore_errors=True)
         WORK_DIR.mkdir(parents=True)
         work = WORK_DIR
-        if args.only != "worker":
+        if args.only in (None, "ingest"):
             _log(f"ingest: {args.rounds} x {args.duration:g} s per server, {args.generator}")
             rows += bench_ingest(args, bootstrap, prefix, work)
-        if args.only != "ingest":
+        if args.only in (None, "worker"):
             _log(f"worker: {args.events} records, {args.worker_rounds} round(s)")
             rows += bench_worker(args, bootstrap, prefix, work)
+        if args.only in (None, "sinks"):
+            _log(f"sinks: {args.sink_events} events, {args.sink_rounds} round(s), {kinds}")
+            rows += sinks.bench_sinks(
+                bootstrap,
+                prefix,
+                work,
+                n=args.sink_events,
+                rounds=args.sink_rounds,
+                kinds=kinds,
+                log=_log,
+            )
         if args.only is None:
             _log("formats: every encoder over the sample corpus")
             rows += bench_formats()
@@ -283,15 +306,20 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end",
         f"broker: {broker_kind} at {bootstrap}",
     ]
-    if args.only != "worker":
+    if args.only in (None, "ingest"):
         info.append(
             f"ingest: {args.generator}, {args.connections} connections, "
             f"median of {args.rounds} rounds x {args.duration:g} s; ratio to the no-op app"
         )
-    if args.only != "ingest":
+    if args.only in (None, "worker"):
         info.append(
             f"worker: {args.events} records, {worker.PARTITIONS} partitions, median of "
             f"{args.worker_rounds} round(s); ratio to the aiokafka pass-through"
+        )
+    if args.only in (None, "sinks"):
+        info.append(
+            f"sinks: {args.sink_events} events, {worker.PARTITIONS} partitions, median of "
+            f"{args.sink_rounds} round(s); ratio to the raw read; CPU in cores over the delivery"
         )
     if args.only is None:
         info.append("formats: sample corpus, median of 5 rounds x 0.5 s; ratio to orjson.dumps")

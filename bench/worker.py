@@ -111,7 +111,7 @@ async def event_span(bootstrap: str, topic: str) -> tuple[int, float, float]:
         await consumer.stop()
 
 
-def _normalized(value: bytes, headers: list[tuple[str, bytes]]) -> tuple[bytes, list[Any]]:
+def normalized(value: bytes, headers: list[tuple[str, bytes]]) -> tuple[bytes, list[Any]]:
     """What the Faust normalize agent does to one record, minus its metrics."""
     decoded = records.decode_headers(headers)
     token_id = decoded.get(records.HEADER_TOKEN_ID)
@@ -151,7 +151,7 @@ async def raw_loop(
                 for msg in messages:
                     value, headers = msg.value or b"", list(msg.headers)
                     if normalize:
-                        value, headers = _normalized(value, headers)
+                        value, headers = normalized(value, headers)
                     futures.append(await producer.send(events, value, msg.key, headers=headers))
             await asyncio.gather(*futures)
             await consumer.commit()
@@ -170,7 +170,7 @@ async def run_faust(
     bootstrap: str, raw: str, events: str, app_id: str, n: int, tmp: Path, dedupe: str
 ) -> None:
     """`python -m forwarder worker` (no sinks) until `events` holds N records, then SIGTERM."""
-    tree = {
+    tree: dict[str, Any] = {
         "log_level": "warning",
         "kafka": {"bootstrap_servers": bootstrap},
         "topics": {
@@ -183,6 +183,10 @@ async def run_faust(
         "sinks": [],
         "dedupe": {"mode": dedupe},
     }
+    if dedupe == "window":
+        # Short enough that every held record ships within the run; the other window settings
+        # (check interval 1 s, 100 audits per group) stay at their defaults.
+        tree["dedupe"]["window_seconds"] = WINDOW_SECONDS
     config = tmp / f"{app_id}.yaml"
     config.write_text(yaml.safe_dump(tree))
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
@@ -213,7 +217,11 @@ VARIANTS: dict[str, str] = {
     "normalize": "aiokafka consume->normalize_raw->produce",
     "faust": "faust normalize agent, dedupe on (no sinks)",
     "faust-nodedupe": "faust normalize agent, dedupe off (no sinks)",
+    "faust-window": "faust normalize agent, dedupe window (no sinks)",
 }
+# Faust variant -> dedupe.mode.
+_DEDUPE_MODES = {"faust": "realtime", "faust-nodedupe": "off", "faust-window": "window"}
+WINDOW_SECONDS = 1.0
 
 
 async def run_variant(
@@ -225,8 +233,7 @@ async def run_variant(
     n = len(rows)
     started = time.time()
     if variant.startswith("faust"):
-        dedupe = "off" if variant == "faust-nodedupe" else "realtime"
-        await run_faust(bootstrap, raw, events, group, n, tmp, dedupe)
+        await run_faust(bootstrap, raw, events, group, n, tmp, _DEDUPE_MODES[variant])
     else:
         await raw_loop(bootstrap, raw, events, group, n, normalize=variant == "normalize")
     total, first, last = await event_span(bootstrap, events)

@@ -243,6 +243,16 @@ class Config(_Model):
     @model_validator(mode="after")
     def _unique_sinks(self) -> Config:
         _require_unique("sink", [sink.name for sink in self.sinks])
+        own = {self.topics.raw, self.topics.events, self.topics.invalid}
+        for sink in self.sinks:
+            # A Kafka sink writing into the project's own topics on its own cluster would feed the
+            # worker its own output, forever.
+            if isinstance(sink, KafkaSinkConfig) and sink.bootstrap_servers is None:
+                if sink.topic in own or sink.topic.startswith(self.topics.dlq_prefix):
+                    raise ValueError(
+                        f"sink {sink.name!r}: topic {sink.topic!r} is one of the project's own "
+                        "topics on the same cluster; choose another topic or set bootstrap_servers"
+                    )
         return self
 
     def token_accounts(self) -> dict[str, str | None]:

@@ -26,14 +26,14 @@ def project_topics(config: Config) -> list[str]:
     topics = config.topics
     names = [topics.raw, topics.invalid, topics.events]
     names += [f"{topics.dlq_prefix}{sink.name}" for sink in config.sinks]
-    if config.dedupe.mode == "window":
-        names.append(window_ticks_topic(config))
+    if config.dedupe.mode != "off":
+        names.append(ticks_topic_name(config))
     return names
 
 
-def window_ticks_topic(config: Config) -> str:
-    """The worker's internal topic of flush ticks for held windows (co-partitioned with raw)."""
-    return f"{config.worker.app_id}-window-ticks"
+def ticks_topic_name(config: Config) -> str:
+    """The worker's internal topic of ticks (window flushes, state expiry), co-partitioned with raw."""
+    return f"{config.worker.app_id}-ticks"
 
 
 async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from forwarder import records
 from forwarder.config import Config
-from forwarder.kafka_client import broker_urls, window_ticks_topic
+from forwarder.kafka_client import broker_urls, ticks_topic_name
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
@@ -79,7 +79,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         # Timers cannot write tables (Faust needs an event to pick the changelog partition),
         # so they send a tick keyed by the record to a topic co-partitioned with the raw topic,
         # and the agent acts on it in order with the record's audits.
-        ticks_name = window_ticks_topic(config)
+        ticks_name = ticks_topic_name(config)
         ticks_topic = app.topic(ticks_name, key_serializer="raw", value_serializer="raw")
         source_topic = app.topic(
             config.topics.raw, ticks_name, key_serializer="raw", value_serializer="raw"

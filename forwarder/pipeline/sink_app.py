@@ -301,6 +301,10 @@ def create_sink_app(
 
     probe = LagProbe(config, sink_app_id(config, name))
 
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_probe(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await probe.close()
+
     @app.timer(interval=BACKLOG_INTERVAL_SECONDS)
     async def measure_backlog() -> None:
         assigned = [tp for tp in app.consumer.assignment() if tp.topic == config.topics.events]

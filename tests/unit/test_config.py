@@ -62,8 +62,8 @@ def test_duplicate_token_names_are_rejected() -> None:
 
 
 def test_env_override_of_a_missing_list_item_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="AHA_SIEM_SINKS__5__PATH"):
-        load(EXAMPLE_CONFIG, environ={"AHA_SIEM_SINKS__5__PATH": "/x"})
+    with pytest.raises(ConfigError, match="AHA_SIEM_SINKS__9__PATH"):
+        load(EXAMPLE_CONFIG, environ={"AHA_SIEM_SINKS__9__PATH": "/x"})
 
 
 def test_config_check_exits_non_zero_naming_the_key(
@@ -101,3 +101,11 @@ def test_token_new_prints_an_entry_whose_hash_matches_the_token(
     token = out.rsplit("stored nowhere): ", 1)[1].strip()
     assert entry == {"name": "acme-prod", "sha256": hash_token(token), "account": "acme"}
     parse({"ingest": {"tokens": [entry]}})
+
+
+def test_a_kafka_sink_into_the_projects_own_topic_is_refused_naming_the_sink() -> None:
+    sink = {"type": "kafka", "name": "loop", "topic": "aha.audit.events"}
+    with pytest.raises(ConfigError, match="sink 'loop': topic 'aha.audit.events'"):
+        parse({"sinks": [sink]})
+    # On another cluster the same name is someone else's topic.
+    parse({"sinks": [{**sink, "bootstrap_servers": "other:9092"}]})
