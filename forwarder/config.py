@@ -247,12 +247,13 @@ class Config(_Model):
         for sink in self.sinks:
             # A Kafka sink writing into the project's own topics on its own cluster would feed the
             # worker its own output, forever.
-            if isinstance(sink, KafkaSinkConfig) and sink.bootstrap_servers is None:
-                if sink.topic in own or sink.topic.startswith(self.topics.dlq_prefix):
-                    raise ValueError(
-                        f"sink {sink.name!r}: topic {sink.topic!r} is one of the project's own "
-                        "topics on the same cluster; choose another topic or set bootstrap_servers"
-                    )
+            if not isinstance(sink, KafkaSinkConfig) or sink.bootstrap_servers is not None:
+                continue
+            if sink.topic in own or sink.topic.startswith(self.topics.dlq_prefix):
+                raise ValueError(
+                    f"sink {sink.name!r}: topic {sink.topic!r} is one of the project's own "
+                    "topics on the same cluster; choose another topic or set bootstrap_servers"
+                )
         return self
 
     def token_accounts(self) -> dict[str, str | None]:

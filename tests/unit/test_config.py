@@ -105,7 +105,7 @@ def test_token_new_prints_an_entry_whose_hash_matches_the_token(
 
 def test_a_kafka_sink_into_the_projects_own_topic_is_refused_naming_the_sink() -> None:
     sink = {"type": "kafka", "name": "loop", "topic": "aha.audit.events"}
-    with pytest.raises(ConfigError, match="sink 'loop': topic 'aha.audit.events'"):
+    with pytest.raises(ConfigError, match=r"sink 'loop': topic 'aha\.audit\.events'"):
         parse({"sinks": [sink]})
     # On another cluster the same name is someone else's topic.
     parse({"sinks": [{**sink, "bootstrap_servers": "other:9092"}]})
