@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -34,17 +35,17 @@ _CARRIED_HEADERS = (
 )
 
 
-def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
-    """The worker's Faust app: the normalize agent (sinks run in apps of their own)."""
-    metrics = WorkerMetrics(registry)
-    app = faust.App(
-        config.worker.app_id,
+def new_faust_app(
+    config: Config, app_id: str, *, role: str, store: str, datadir: Path
+) -> faust.App:
+    """A Faust app (and consumer group `app_id`) with the settings every app here shares."""
+    return faust.App(
+        app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
-        broker_client_id=f"{config.kafka.client_id}-worker",
+        broker_client_id=f"{config.kafka.client_id}-{role}",
         web_enabled=False,
-        # Dedupe state must survive restarts: RocksDB on local disk, its changelog in Kafka.
-        store="rocksdb://" if config.dedupe.mode != "off" else "memory://",
-        datadir=str(config.worker.data_dir),
+        store=store,
+        datadir=str(datadir),
         topic_replication_factor=config.topics.replication_factor,
         topic_partitions=config.topics.partitions,
         consumer_auto_offset_reset="earliest",
@@ -55,6 +56,19 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         # partition's next owner (at-least-once).
         stream_wait_empty=False,
         autodiscover=False,
+    )
+
+
+def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
+    """The worker's Faust app: the normalize agent (sinks run in apps of their own)."""
+    metrics = WorkerMetrics(registry)
+    app = new_faust_app(
+        config,
+        config.worker.app_id,
+        role="worker",
+        # Dedupe state must survive restarts: RocksDB on local disk, its changelog in Kafka.
+        store="rocksdb://" if config.dedupe.mode != "off" else "memory://",
+        datadir=config.worker.data_dir,
     )
     app.monitor = FaustSensor(registry, app="normalize")
     events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")

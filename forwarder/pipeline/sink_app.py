@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 from forwarder import records
 from forwarder.config import Config, SinkConfig
 from forwarder.formats import Encoder, encoder_for
-from forwarder.kafka_client import broker_urls
 from forwarder.metrics import SinkMetrics
+from forwarder.pipeline.app import new_faust_app
 from forwarder.pipeline.sensors import FaustSensor
 from forwarder.sinks import SinkError, create_sink
 from forwarder.sinks.base import Sink, deliver
@@ -195,20 +195,8 @@ def create_sink_app(
     name = sink_config.name
     datadir = config.worker.data_dir / "sinks" / name
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-    app = faust.App(
-        sink_app_id(config, name),
-        broker=broker_urls(config.kafka.bootstrap_servers),
-        broker_client_id=f"{config.kafka.client_id}-sink-{name}",
-        web_enabled=False,
-        store="memory://",
-        datadir=str(datadir),
-        topic_replication_factor=config.topics.replication_factor,
-        topic_partitions=config.topics.partitions,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=config.kafka.session_timeout_seconds,
-        producer_acks=-1,
-        stream_wait_empty=False,
-        autodiscover=False,
+    app = new_faust_app(
+        config, sink_app_id(config, name), role=f"sink-{name}", store="memory://", datadir=datadir
     )
     app.monitor = FaustSensor(registry, app=f"sink-{name}")
     events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")

@@ -94,6 +94,30 @@ def raise_for(verdict: Verdict, message: str) -> None:
         raise SinkError(f"{message}: {verdict.reason}", retriable=False, reason="rejected")
 
 
+def partial_failure(verdicts: Mapping[int, Verdict], message: str) -> PartialFailure | None:
+    """The PartialFailure for per-event verdicts (by index in the batch), or None if all are Ok."""
+    retry = sorted(index for index, verdict in verdicts.items() if isinstance(verdict, Retry))
+    rejected = {
+        index: verdict.reason
+        for index, verdict in sorted(verdicts.items())
+        if isinstance(verdict, Reject)
+    }
+    if not retry and not rejected:
+        return None
+    waits = [v.after for v in verdicts.values() if isinstance(v, Retry) and v.after]
+    first = next(iter(rejected.values()), None)
+    if first is None:
+        verdict = verdicts[retry[0]]
+        first = verdict.reason if isinstance(verdict, Retry) else ""
+    return PartialFailure(
+        f"{message}: {len(retry)} of {len(verdicts)} to retry, {len(rejected)} rejected; "
+        f"first: {first}",
+        retry=retry,
+        rejected=rejected,
+        retry_after=max(waits) if waits else None,
+    )
+
+
 class Sink(Protocol):
     """A destination for normalized events."""
 

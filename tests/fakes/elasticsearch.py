@@ -21,6 +21,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from tests.fakes.server import read_body
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -125,7 +127,7 @@ class FakeElasticsearch:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -364,15 +366,6 @@ def _item_error(status: int, type: str, reason: str, index: str) -> dict[str, An
             "index": index,
         },
     }
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _send_json(send: Send, status: int, answer: Any, extra: dict[str, str]) -> None:

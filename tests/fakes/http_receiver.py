@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from tests.fakes.server import read_body
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -93,7 +95,7 @@ class HttpReceiver:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         if scope["method"] == "GET" and scope["path"] == self.health_path:
@@ -156,15 +158,6 @@ def _parses(content_type: str, body: bytes) -> bool:
         return False
     # text/plain and the like: any lines go.
     return True
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _answer(

@@ -24,6 +24,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from tests.fakes.server import read_body
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -105,7 +107,7 @@ class FakeAzure:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -258,15 +260,6 @@ def _entra_error(status: int, error: str, description: str) -> tuple[int, Any]:
         "error_description": f"{description}\r\nTrace ID: fake\r\nCorrelation ID: fake",
         "error_codes": [int(description[6:].split(":")[0])],
     }
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _send(send: Send, status: int, answer: Any, extra: dict[str, str]) -> None:

@@ -64,3 +64,13 @@ class AsgiServer:
     ) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI HTTP request."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)

@@ -11,11 +11,10 @@ import orjson
 
 from forwarder.sinks.base import (
     Ok,
-    PartialFailure,
-    Reject,
     Retry,
     SinkError,
     Verdict,
+    partial_failure,
     raise_for,
 )
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
@@ -119,33 +118,19 @@ class ElasticsearchSink:
         if whole is not None:
             raise_for(whole, f"{self.name}: bulk request")
             return
-        retry = sorted(i for i, verdict in verdicts.items() if isinstance(verdict, Retry))
-        rejected = {
-            i: verdict.reason for i, verdict in verdicts.items() if isinstance(verdict, Reject)
-        }
-        if not retry and not rejected:
+        failure = partial_failure(verdicts, f"{self.name}: bulk of {len(events)} events")
+        if failure is None:
             return
-        waits = [v.after for v in verdicts.values() if isinstance(v, Retry) and v.after]
-        if rejected:
+        if failure.rejected:
             log.warning(
                 "events rejected by the cluster",
                 extra={
                     "sink": self.name,
-                    "rejected": len(rejected),
-                    "reasons": sorted({reason.split(":")[0] for reason in rejected.values()}),
+                    "rejected": len(failure.rejected),
+                    "reasons": sorted({r.split(":")[0] for r in failure.rejected.values()}),
                 },
             )
-        first = next(iter(rejected.values()), None)
-        if first is None:
-            verdict = verdicts[retry[0]]
-            first = verdict.reason if isinstance(verdict, Retry) else ""
-        raise PartialFailure(
-            f"{self.name}: {len(retry)} of {len(events)} events to retry, "
-            f"{len(rejected)} rejected; first: {first}",
-            retry=retry,
-            rejected=rejected,
-            retry_after=max(waits) if waits else None,
-        )
+        raise failure
 
     async def _send(
         self,

@@ -12,11 +12,11 @@ import orjson
 
 from forwarder.sinks.base import (
     Ok,
-    PartialFailure,
     Reject,
     Retry,
     SinkError,
     Verdict,
+    partial_failure,
     raise_for,
 )
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
@@ -95,24 +95,15 @@ class SentinelSink:
         if whole is not None:
             raise_for(whole, f"{self.name}: upload")
             return
-        retry = sorted(i for i, verdict in verdicts.items() if isinstance(verdict, Retry))
-        rejected = {
-            i: verdict.reason for i, verdict in verdicts.items() if isinstance(verdict, Reject)
-        }
-        if not retry and not rejected:
+        failure = partial_failure(verdicts, f"{self.name}: upload of {len(events)} rows")
+        if failure is None:
             return
-        waits = [v.after for v in verdicts.values() if isinstance(v, Retry) and v.after]
-        if rejected:
+        if failure.rejected:
             log.warning(
                 "rows rejected by the Logs Ingestion API",
-                extra={"sink": self.name, "rejected": len(rejected)},
+                extra={"sink": self.name, "rejected": len(failure.rejected)},
             )
-        raise PartialFailure(
-            f"{self.name}: {len(retry)} of {len(events)} rows to retry, {len(rejected)} rejected",
-            retry=retry,
-            rejected=rejected,
-            retry_after=max(waits) if waits else None,
-        )
+        raise failure
 
     async def _send(
         self,
