@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import logging.config
 from datetime import UTC, datetime
@@ -16,6 +17,26 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "color_message",
 }
+
+
+# The id of the request being handled, added to every line logged while it is set.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+_base_factory = logging.getLogRecordFactory()
+
+
+def _stamped_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    # Stamped when the record is made, in the context of the code that logs: handlers may
+    # format it later, elsewhere.
+    record = _base_factory(*args, **kwargs)
+    current = request_id.get()
+    if current is not None:
+        record.request_id = current
+    return record
+
+
+logging.setLogRecordFactory(_stamped_record)
 
 
 class JsonFormatter(logging.Formatter):

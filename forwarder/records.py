@@ -12,6 +12,7 @@ HEADER_SOURCE_IP = "source-ip"
 HEADER_TOKEN_ID = "token-id"
 HEADER_BODY_SHA256 = "body-sha256"
 HEADER_ERROR = "error"
+HEADER_REQUEST_ID = "request-id"
 
 
 def utc_now_iso() -> str:

@@ -12,7 +12,9 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 import time
+import uuid
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from forwarder import records
+from forwarder import logs, records
 from forwarder.config import Config, TokenConfig
 from forwarder.ingest.guards import KeyedRateLimiter, allowed, client_address
 from forwarder.ingest.spool import SpoolFull
@@ -214,21 +216,37 @@ class IngestApp:
         return "other", await _json(send, 404, {"error": "not_found", "message": "no such route"})
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> int:
-        if self._inflight >= self._settings.max_concurrent_requests:
-            self.metrics.rejected.labels("overloaded").inc()
-            message = "too many requests in progress"
-            return await _json(
-                send, 503, {"error": "overloaded", "message": message}, [(b"retry-after", b"1")]
-            )
-        self._inflight += 1
+        # One id per webhook: in the answer (body and X-Request-Id), in every log line about it,
+        # and on the Kafka record, so an operator can follow one delivery through the pipeline.
+        request_id = _request_id(_header(scope, b"x-request-id"))
+        token = logs.request_id.set(request_id)
+        answer_headers = [(b"x-request-id", request_id.encode())]
         try:
-            return await self._accept(scope, receive, send)
-        except Rejected as rejection:
-            self.metrics.rejected.labels(rejection.error).inc()
-            payload = {"error": rejection.error, "message": rejection.message}
-            return await _json(send, rejection.status, payload, rejection.headers)
+            if self._inflight >= self._settings.max_concurrent_requests:
+                self.metrics.rejected.labels("overloaded").inc()
+                payload = {
+                    "error": "overloaded",
+                    "message": "too many requests in progress",
+                    "request_id": request_id,
+                }
+                return await _json(send, 503, payload, [(b"retry-after", b"1"), *answer_headers])
+            self._inflight += 1
+            try:
+                return await self._accept(scope, receive, send, request_id, answer_headers)
+            except Rejected as rejection:
+                self.metrics.rejected.labels(rejection.error).inc()
+                payload = {
+                    "error": rejection.error,
+                    "message": rejection.message,
+                    "request_id": request_id,
+                }
+                return await _json(
+                    send, rejection.status, payload, [*rejection.headers, *answer_headers]
+                )
+            finally:
+                self._inflight -= 1
         finally:
-            self._inflight -= 1
+            logs.request_id.reset(token)
 
     def _authenticate(self, scope: Scope, client: str) -> TokenConfig:
         now = self._clock()
@@ -253,7 +271,14 @@ class IngestApp:
             )
         return token
 
-    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> int:
+    async def _accept(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        answer_headers: list[tuple[bytes, bytes]],
+    ) -> int:
         peer = scope.get("client")
         client = client_address(
             peer[0] if peer else "",
@@ -275,6 +300,7 @@ class IngestApp:
             records.HEADER_SOURCE: "webhook",
             records.HEADER_SOURCE_IP: client,
             records.HEADER_TOKEN_ID: token.name,
+            records.HEADER_REQUEST_ID: request_id,
         }
         problem = None
         try:
@@ -290,7 +316,8 @@ class IngestApp:
             raise Rejected(400, "invalid_body", problem)
         key = records.record_key(parsed, body_sha256)
         await self._write(self._config.topics.raw, body, key, headers)
-        return await _json(send, 202, {"status": "accepted", "body_sha256": body_sha256})
+        accepted = {"status": "accepted", "body_sha256": body_sha256, "request_id": request_id}
+        return await _json(send, 202, accepted, answer_headers)
 
     async def _write(self, topic: str, body: bytes, key: bytes, headers: dict[str, str]) -> None:
         try:
@@ -371,6 +398,16 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
     if not decoder.eof:
         raise InvalidBody("gzip body is truncated")
     return body
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _request_id(offered: str | None) -> str:
+    """The caller's X-Request-Id when it is a sane token, else a new random id."""
+    if offered and _REQUEST_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex
 
 
 async def _respond(

@@ -32,6 +32,7 @@ _CARRIED_HEADERS = (
     records.HEADER_SOURCE,
     records.HEADER_TOKEN_ID,
     records.HEADER_BODY_SHA256,
+    records.HEADER_REQUEST_ID,
 )
 
 

@@ -36,7 +36,12 @@ log = logging.getLogger("forwarder.sink")
 BACKLOG_INTERVAL_SECONDS = 5.0
 
 # Headers of the event that travel on into the DLQ, so a replay keeps its provenance.
-_KEPT_HEADERS = (records.HEADER_RECEIVED_AT, records.HEADER_SOURCE, records.HEADER_TOKEN_ID)
+_KEPT_HEADERS = (
+    records.HEADER_RECEIVED_AT,
+    records.HEADER_SOURCE,
+    records.HEADER_TOKEN_ID,
+    records.HEADER_REQUEST_ID,
+)
 
 
 def sink_app_id(config: Config, sink_name: str) -> str:

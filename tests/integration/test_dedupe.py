@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import os
 import signal
 import subprocess
@@ -150,20 +151,22 @@ WINDOW_CHANGES = Counter(
     }
 )
 
+# Every arrival order of the burst (three parts and the collated audit), plus resends.
 ORDERS = {
-    "usual": ["pre_collation_1", "pre_collation_2", "pre_collation_3", "C"],
-    "collated first": ["C", "pre_collation_1", "pre_collation_2", "pre_collation_3"],
-    "reversed": ["C", "pre_collation_3", "pre_collation_2", "pre_collation_1"],
-    "interleaved with resends": [
-        "pre_collation_2",
-        "C",
-        "pre_collation_2",
-        "pre_collation_1",
-        "C",
-        "pre_collation_3",
-        "pre_collation_1",
-    ],
+    " ".join(order): list(order)
+    for order in itertools.permutations(
+        ["pre_collation_1", "pre_collation_2", "pre_collation_3", "C"]
+    )
 }
+ORDERS["interleaved with resends"] = [
+    "pre_collation_2",
+    "C",
+    "pre_collation_2",
+    "pre_collation_1",
+    "C",
+    "pre_collation_3",
+    "pre_collation_1",
+]
 
 
 def test_every_order_and_variant_ships_each_change_and_user_once(cluster: Cluster) -> None:

@@ -403,3 +403,35 @@ def test_token_table_matches_each_token_and_rejects_near_misses() -> None:
     assert table.match(TOKEN[:-1]) is None
     assert table.match(TOKEN + "x") is None
     assert table.match("") is None
+
+
+async def test_every_webhook_answer_carries_a_request_id_that_follows_the_record(
+    client: httpx.AsyncClient, harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await client.post(f"/v1/aha/{TOKEN}", content=SAMPLE)
+    second = await client.post(f"/v1/aha/{TOKEN}", content=SAMPLE)
+    ids = [answer.headers["x-request-id"] for answer in (first, second)]
+    assert ids[0] != ids[1]
+    assert [answer.json()["request_id"] for answer in (first, second)] == ids
+    assert [headers["request-id"] for *_, headers in harness.writer.sent] == ids
+    # A sane id offered by a proxy is kept; anything else is replaced.
+    offered = await client.post(
+        f"/v1/aha/{TOKEN}", content=SAMPLE, headers={"x-request-id": "lb-7f3a.01"}
+    )
+    assert offered.headers["x-request-id"] == "lb-7f3a.01"
+    hostile = await client.post(
+        f"/v1/aha/{TOKEN}", content=SAMPLE, headers={"x-request-id": "a\tb" + "x" * 80}
+    )
+    assert hostile.headers["x-request-id"] != "a\tb" + "x" * 80
+    # Refusals carry one too, in the answer and in what is logged about them.
+    refused = await client.post("/v1/aha/wrong-token", content=SAMPLE)
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    harness.writer.fail = OSError("broker gone")
+    with caplog.at_level("ERROR", logger="forwarder.ingest"):
+        failed = await client.post(f"/v1/aha/{TOKEN}", content=SAMPLE)
+    assert failed.status_code == 503
+    from forwarder.logs import JsonFormatter
+
+    lines = [orjson.loads(JsonFormatter().format(record)) for record in caplog.records]
+    assert lines
+    assert {line.get("request_id") for line in lines} == {failed.headers["x-request-id"]}
