@@ -184,7 +184,7 @@ def table(rows: list[Row]) -> str:
         lat = f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}" if "p50_ms" in r else ""
         if r.get("errors"):
             lat += f" {r['errors']} errors"
-        if "start-up" in r["metric"]:
+        if "start-up" in r["metric"] and r["rounds"]:
             lat = f"start-up {r['startup_s']:.1f} s"
         if r.get("note"):
             lat = f"{lat} {r['note']}".strip()

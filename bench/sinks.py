@@ -206,8 +206,10 @@ async def receiver(kind: str, tmp: Path, bootstrap: str, out_topic: str) -> Asyn
 
 def skip_reason(kind: str) -> str | None:
     """Why a sink type cannot be measured on this machine, or None."""
-    if kind == "syslog" and rsyslogd_path() is None:
-        return "skipped: rsyslogd not installed (apt-get install rsyslog)"
+    if kind == "syslog":
+        binary = rsyslogd_path()
+        if binary is None or not os.access(binary, os.X_OK):
+            return "skipped: rsyslogd not installed (apt-get install rsyslog rsyslog-gnutls)"
     return None
 
 
@@ -242,8 +244,10 @@ async def read_loop(bootstrap: str, topic: str, group: str, n: int) -> dict[str,
 
 
 def _rates(n: int, started: float, first: float, first_count: int, end: float) -> dict[str, float]:
+    # When the first batch held everything there is no delivery span to measure a rate over.
+    steady = (n - first_count) / max(end - first, 1e-3) if n > first_count else float("nan")
     return {
-        "events_per_s": (n - first_count) / max(end - first, 1e-3),
+        "events_per_s": steady,
         "events_per_s_with_startup": n / max(end - started, 1e-3),
         "startup_s": first - started,
     }
@@ -307,7 +311,11 @@ async def run_sink(
                 if held >= n:
                     break
                 if proc.poll() is not None or now > started + DEADLINE_SECONDS:
-                    raise RuntimeError(f"{kind} sink stopped or stalled at {held}/{n}; see {log}")
+                    tail = log.read_text(errors="replace").splitlines()[-5:]
+                    raise RuntimeError(
+                        f"{kind} sink stopped or stalled at {held}/{n}; see {log}:\n"
+                        + "\n".join(tail)
+                    )
                 await asyncio.sleep(POLL_SECONDS)
             span = max(now - first, 1e-3)
             usage = {
@@ -367,7 +375,7 @@ def bench_sinks(
                 else:
                     result = asyncio.run(run_sink(name, bootstrap, topic, run, n, tmp))
             except RuntimeError as error:
-                if name != "syslog":
+                if name != "syslog" or not str(error).startswith("rsyslogd"):
                     raise
                 # rsyslogd is installed but would not start (e.g. without rsyslog-gnutls).
                 skipped[name] = f"skipped: {str(error).splitlines()[0]}"

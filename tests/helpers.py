@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 import forwarder
 from forwarder.pipeline.normalize import Provenance, normalize_raw
 
@@ -66,3 +68,28 @@ class RecordingWriter:
 
     async def ready(self) -> bool:
         return self.started and self.fail is None
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the processes can expose: ingest, worker, sinks, Faust, reconcile."""
+    import forwarder.metrics
+    from forwarder.backfill.metrics import ReconcileMetrics
+    from forwarder.pipeline.children import SinkProcesses
+    from forwarder.pipeline.sensors import FaustMetrics
+
+    classes: list[Any] = [
+        value
+        for value in vars(forwarder.metrics).values()
+        if isinstance(value, type) and value.__module__ == "forwarder.metrics"
+    ]
+    classes += [FaustMetrics, ReconcileMetrics, lambda registry: SinkProcesses([], None, registry)]
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    names: set[str] = set()
+    for metrics_class in classes:
+        # A registry each: two processes' classes may define the same family.
+        registry = CollectorRegistry()
+        metrics_class(registry)
+        for family in registry.collect():
+            names.add(family.name)
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+    return names

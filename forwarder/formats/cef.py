@@ -3,6 +3,7 @@
 Rules from "Implementing ArcSight Common Event Format (CEF)" (docs/formats/cef.md cites them):
 header fields escape `\\` and `|` and cannot span lines; extension values escape `\\`, `=`, CR and
 LF (as `\\r` and `\\n`); the extension keys are constants of this module, so no input can add one.
+Other control characters become U+FFFD in both (forwarder/formats/controls.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forwarder.formats import Encoder
+from forwarder.formats.controls import replace_controls
 from forwarder.formats.options import (
     MAPPINGS,
     dig,
@@ -50,18 +52,19 @@ def cut(value: str, limit: int) -> str:
 
 
 def header_field(value: str, limit: int) -> str:
-    """A header field: one line, cut, then `\\` and `|` escaped."""
+    """A header field: one line, cut, controls made U+FFFD, then `\\` and `|` escaped."""
     if "\r" in value or "\n" in value:
         value = value.replace("\r", " ").replace("\n", " ")
-    value = cut(value, limit)
+    value = replace_controls(cut(value, limit))
     return value.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def extension_value(value: str, limit: int) -> str:
-    """An extension value: trimmed, cut, then `\\`, `=`, CR and LF escaped."""
+    """An extension value: trimmed, cut, controls made U+FFFD, then `\\`, `=`, CR and LF escaped."""
     value = value.strip(STRIP)
     if len(value) > limit:
         value = value[: limit - 1] + ELLIPSIS
+    value = replace_controls(value)
     return value.replace("\\", "\\\\").replace("=", "\\=").replace("\r", "\\r").replace("\n", "\\n")
 
 

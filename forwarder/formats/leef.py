@@ -2,7 +2,8 @@
 
 LEEF defines no escape sequences, so a character that a position cannot hold is replaced by a
 space: `|`, CR and LF in header fields; the attribute delimiter, CR and LF in values
-(docs/formats/leef.md cites the IBM guide). Keys are constants of this module.
+(docs/formats/leef.md cites the IBM guide). Other control characters become U+FFFD
+(forwarder/formats/controls.py). Keys are constants of this module.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from forwarder.formats import Encoder
 from forwarder.formats.cef import audit_strings, cut, verb
+from forwarder.formats.controls import replace_controls
 from forwarder.formats.options import (
     MAPPINGS,
     MONTHS,
@@ -50,9 +52,9 @@ _DEV_TIME: dict[str, Callable[[datetime], str]] = {
 
 
 def header_field(value: str, limit: int) -> str:
-    """A header field: cut, with `|`, CR and LF made spaces (LEEF has no escape for them)."""
-    value = cut(value, limit)
-    return value.replace("|", " ").replace("\r", " ").replace("\n", " ")
+    """A header field: cut, `|`, CR and LF made spaces (LEEF has no escapes), controls U+FFFD."""
+    value = cut(value, limit).replace("|", " ").replace("\r", " ").replace("\n", " ")
+    return replace_controls(value)
 
 
 def delimiter_field(delimiter: str) -> str:
@@ -78,7 +80,10 @@ def encoder(options: Any = None) -> Encoder:
     )
 
     def value_of(raw: str, limit: int) -> str:
-        return cut(raw, limit).replace(delimiter, " ").replace("\r", " ").replace("\n", " ")
+        # The delimiter first: a control-character delimiter (x1F) in a value becomes a space like
+        # any delimiter, not U+FFFD, and is left raw only between attributes.
+        value = cut(raw, limit).replace(delimiter, " ").replace("\r", " ").replace("\n", " ")
+        return replace_controls(value)
 
     def encode(event: Mapping[str, Any]) -> bytes:
         """One normalized event as one LEEF 2.0 line (UTF-8, no newline)."""

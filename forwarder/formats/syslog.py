@@ -1,8 +1,9 @@
 """Syslog around any format: RFC 5424 or RFC 3164 headers, RFC 6587 octet counting for streams.
 
 A frame is one syslog message and never more: the header fields are cut to their RFC lengths and
-to printable US-ASCII, SD-PARAM values are escaped (RFC 5424 §6.3.3), and CR or LF in MSG become
-spaces so that newline-delimited transports cannot split it (docs/formats/syslog.md).
+to printable US-ASCII, SD-PARAM values are escaped (RFC 5424 §6.3.3) with other control characters
+made U+FFFD, and CR or LF in MSG become spaces so that newline-delimited transports cannot split it
+(docs/formats/syslog.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from forwarder.formats import Encoder, cef, ecs, leef
+from forwarder.formats.controls import replace_controls
 from forwarder.formats.options import (
     MONTHS,
     SyslogOptions,
@@ -47,10 +49,11 @@ def one_line(message: bytes) -> bytes:
 
 
 def sd_value(value: str) -> str:
-    """A PARAM-VALUE: cut, one line, and `\\`, `"` and `]` escaped (RFC 5424 §6.3.3)."""
+    """A PARAM-VALUE: cut, one line, controls made U+FFFD, `\\` `"` `]` escaped (RFC 5424 §6.3.3)."""
     value = cef.cut(value, SD_VALUE_MAX)
     if "\r" in value or "\n" in value:
         value = value.replace("\r", " ").replace("\n", " ")
+    value = replace_controls(value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 

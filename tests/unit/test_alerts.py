@@ -10,10 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-import forwarder.metrics
-from forwarder.pipeline.sensors import FaustMetrics
+from tests.helpers import exposed_metric_names
 from tests.integration.test_prometheus_scrape import PENDING_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,25 +31,6 @@ needs_promtool = pytest.mark.skipif(
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
-
-
-def exposed_names() -> set[str]:
-    """Every sample name the processes' metric classes can expose."""
-    classes = [
-        value
-        for value in vars(forwarder.metrics).values()
-        if isinstance(value, type) and value.__module__ == "forwarder.metrics"
-    ]
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
-    names: set[str] = set()
-    for metrics_class in [*classes, FaustMetrics]:
-        # A registry each: two processes' classes may define the same family.
-        registry = CollectorRegistry()
-        metrics_class(registry)
-        for family in registry.collect():
-            names.add(family.name)
-            names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
-    return names
 
 
 def github_anchor(heading: str) -> str:
@@ -119,7 +98,7 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
 
 
 def test_alerts_name_only_metrics_the_processes_expose() -> None:
-    known = exposed_names() | PENDING_METRICS
+    known = exposed_metric_names() | PENDING_METRICS
     for rule in alert_rules():
         expr = rule["expr"]
         names = set(re.findall(r"\baha_siem_[a-z0-9_]+", expr))

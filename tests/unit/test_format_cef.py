@@ -18,6 +18,23 @@ from tests.helpers import SAMPLES, normalized_sample, sample_paths
 
 NOW = "2026-11-27T14:10:13.052Z"
 STRIP = " \t\r\n\x0b\x0c"
+REPLACEMENT = "\ufffd"
+
+
+def is_control(char: str) -> bool:
+    """A control character the text formats never write: C0 but TAB, LF and CR; DEL; C1."""
+    code = ord(char)
+    return (code < 0x20 and char not in "\t\n\r") or 0x7F <= code <= 0x9F
+
+
+def clean(value: str) -> str:
+    """What the docs promise for control characters: each becomes U+FFFD."""
+    return "".join(REPLACEMENT if is_control(char) else char for char in value)
+
+
+def raw_controls(line: bytes, allowed: str = "\t") -> set[str]:
+    """The control characters in an encoded line, as a receiver decoding its UTF-8 sees them."""
+    return {char for char in line.decode("utf-8", "replace") if is_control(char)} - set(allowed)
 
 
 normalized = normalized_sample
@@ -98,14 +115,14 @@ def parse_extension(extension: str) -> list[tuple[str, str]]:
 
 
 def trimmed(value: str, limit: int) -> str:
-    """What the docs promise an extension value becomes: trimmed, then cut with an ellipsis."""
+    """What the docs promise an extension value becomes: trimmed, cut with an ellipsis, clean."""
     value = value.strip(STRIP)
-    return value if len(value) <= limit else value[: limit - 1] + "\u2026"
+    return clean(value if len(value) <= limit else value[: limit - 1] + "\u2026")
 
 
 def header_value(value: str, limit: int) -> str:
     value = value.replace("\r", " ").replace("\n", " ")
-    return value if len(value) <= limit else value[: limit - 1] + "\u2026"
+    return clean(value if len(value) <= limit else value[: limit - 1] + "\u2026")
 
 
 def encode(event: dict[str, Any], options: FormatsConfig | None = None) -> str:
@@ -229,6 +246,10 @@ TRICKY = [
     "key=value msg=injected",
     " rt=0 suser=root",
     "nul\x00byte",
+    "esc\x1b[2J\x1b]0;title\x07 bell",
+    "\x08\x08\x08backspaced \x7fdel \x0bvt\x0cff\x1fus",
+    "c1 \x85nel \x9b31m csi \x9f",
+    "\x00",
     "tab\there",
     "\u00e9\u00e8 \u2192 \U0001f600",
     "=",
@@ -320,6 +341,7 @@ def expected_pairs(text: str) -> dict[str, str]:
 def check_round_trip(text: str) -> None:
     line = encode(event_with(text))
     assert "\n" not in line and "\r" not in line
+    assert raw_controls(line.encode()) == set(), "a control character in the line"
     header, pairs = parse_cef(line)
     assert header[4] == header_value(text, 1023) or (not text and header[4] == "unknown")
     keys = [key for key, _ in pairs]
@@ -353,6 +375,28 @@ def test_non_string_values_are_written_as_json_text() -> None:
     assert ext["cs4"] == "Estimate=5; Flags=[1,null]"
 
 
+def test_nul_and_escape_sequences_arrive_as_replacement_characters() -> None:
+    text = "nul\x00 esc\x1b[31m bel\x07 del\x7f csi\x9b"
+    header, pairs = parse_cef(encode(event_with(text)))
+    expected = "nul\ufffd esc\ufffd[31m bel\ufffd del\ufffd csi\ufffd"
+    assert header[4] == expected  # Device Event Class ID
+    ext = dict(pairs)
+    assert ext["msg"] == expected and ext["suser"] == expected
+    assert ext["cs4"] == f"{expected}={expected}"
+
+
+def test_control_characters_in_header_options_are_replaced_too() -> None:
+    options = FormatsConfig(cef=CefOptions(device_vendor="Aha!\x1b[0m", device_product="A\x00B"))
+    line = encoder_for("cef", options)(event_with("x"))
+    assert parse_cef(line.decode())[0][1:3] == ["Aha!\ufffd[0m", "A\ufffdB"]
+    assert raw_controls(line) == set()
+
+
+def test_tab_is_kept_and_edge_whitespace_controls_are_trimmed() -> None:
+    ext = dict(parse_cef(encode(event_with("\x0b a\tb\x0cc \x0c")))[1])
+    assert ext["msg"] == "a\tb\ufffdc"
+
+
 def test_a_lone_surrogate_cannot_break_the_encoding() -> None:
     line = encoder_for("cef")(event_with("bad\ud800surrogate"))
     assert b"bad?surrogate" in line
@@ -367,9 +411,11 @@ def test_a_missing_or_bad_timestamp_falls_back_to_event_created_then_is_left_out
     assert "rt" not in dict(parse_cef(encode(event))[1])
 
 
-# Arbitrary text: any code point but surrogates, special characters weighted in, sometimes long.
+# Arbitrary text: any code point but surrogates, special and control characters weighted in,
+# sometimes long.
 texts = st.one_of(
     st.text(st.characters(codec="utf-8"), max_size=40),
+    st.text(st.characters(max_codepoint=0xA0), max_size=40),
     st.sampled_from(TRICKY),
     st.lists(st.sampled_from([*TRICKY, "x", " ", "\u00e9"]), max_size=30).map("".join),
     st.builds(lambda s, n: s * n, st.sampled_from(TRICKY), st.integers(100, 600)),
@@ -385,3 +431,10 @@ def test_any_text_in_any_field_round_trips_without_injecting_a_key(text: str) ->
 def test_any_shape_of_event_still_encodes(event: dict[str, Any]) -> None:
     header, _ = parse_cef(encode(event))
     assert len(header) == 7
+
+
+@given(texts)
+def test_no_control_octet_but_tab_is_ever_written(text: str) -> None:
+    line = encoder_for("cef")(event_with(text))
+    assert not any((octet < 0x20 and octet != 0x09) or octet == 0x7F for octet in line), line
+    assert raw_controls(line) == set()

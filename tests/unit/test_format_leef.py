@@ -13,7 +13,15 @@ from forwarder.formats import encoder_for
 from forwarder.formats.options import FormatsConfig, LeefOptions
 from tests.golden import assert_golden
 from tests.helpers import SAMPLES, sample_paths
-from tests.unit.test_format_cef import TRICKY, event_with, normalized, sample_id, texts
+from tests.unit.test_format_cef import (
+    TRICKY,
+    clean,
+    event_with,
+    normalized,
+    raw_controls,
+    sample_id,
+    texts,
+)
 
 
 def parse_leef(line: str) -> tuple[list[str], str, list[tuple[str, str]]]:
@@ -139,9 +147,10 @@ def test_severity_follows_the_rules() -> None:
 
 
 def leef_value(value: str, limit: int, delimiter: str) -> str:
-    """What the docs promise a value becomes: cut with an ellipsis, delimiter/CR/LF as spaces."""
+    """What the docs promise a value becomes: cut with an ellipsis, delimiter/CR/LF as spaces,
+    other control characters as U+FFFD."""
     value = value if len(value) <= limit else value[: limit - 1] + "\u2026"
-    return value.replace(delimiter, " ").replace("\r", " ").replace("\n", " ")
+    return clean(value.replace(delimiter, " ").replace("\r", " ").replace("\n", " "))
 
 
 def expected_attributes(text: str, delimiter: str) -> dict[str, str]:
@@ -183,7 +192,8 @@ def check_round_trip(text: str, delimiter: str) -> None:
     assert parsed_delimiter == delimiter
     event_id = text or "unknown"
     event_id = event_id if len(event_id) <= 255 else event_id[:254] + "\u2026"
-    assert header[3] == event_id.replace("|", " ").replace("\r", " ").replace("\n", " ")
+    assert header[3] == clean(event_id.replace("|", " ").replace("\r", " ").replace("\n", " "))
+    assert raw_controls(line.encode(), allowed="\t" + delimiter) == set()
     keys = [key for key, _ in pairs]
     assert len(keys) == len(set(keys)), f"a key appears twice: {keys}"
     assert dict(pairs) == expected_attributes(text, delimiter)
@@ -202,6 +212,41 @@ def test_a_10_kb_description_is_cut() -> None:
     assert len(attributes["usrName"]) == 255
 
 
-@given(texts, st.sampled_from(["\t", "^", "|", "#", "\u00a6"]))
+@given(texts, st.sampled_from(["\t", "^", "|", "#", "\u00a6", "\x1f"]))
 def test_any_text_round_trips_without_injecting_an_attribute(text: str, delimiter: str) -> None:
     check_round_trip(text, delimiter)
+
+
+def test_nul_and_escape_sequences_arrive_as_replacement_characters() -> None:
+    text = "nul\x00 esc\x1b[31m bel\x07 del\x7f csi\x9b"
+    header, _, pairs = parse_leef(encode(event_with(text)))
+    expected = "nul\ufffd esc\ufffd[31m bel\ufffd del\ufffd csi\ufffd"
+    assert header[3] == expected  # EventID
+    attributes = dict(pairs)
+    assert attributes["msg"] == expected and attributes["usrName"] == expected
+    assert attributes["changes"] == f"{expected}={expected}"
+
+
+def test_header_options_with_control_characters_are_replaced_too() -> None:
+    options = FormatsConfig(leef=LeefOptions(vendor="Aha!\x1b[0m", product="A\x00B"))
+    line = encoder_for("leef", options)(event_with("x"))
+    assert parse_leef(line.decode())[0][:2] == ["Aha!\ufffd[0m", "A\ufffdB"]
+
+
+def test_a_control_character_delimiter_is_the_only_raw_control() -> None:
+    options = FormatsConfig(leef=LeefOptions(delimiter="x1F"))
+    line = encoder_for("leef", options)(event_with("a\x1fb\x00c\x1ed\te"))
+    assert line.split(b"|")[5] == b"x1F"
+    _, delimiter, pairs = parse_leef(line.decode())
+    assert delimiter == "\x1f"
+    # The delimiter in a value is a space, as any delimiter is; other controls are U+FFFD.
+    assert dict(pairs)["msg"] == "a b\ufffdc\ufffdd\te"
+
+
+@given(texts, st.sampled_from(["\t", "^"]))
+def test_no_control_octet_but_tab_is_ever_written(text: str, delimiter: str) -> None:
+    line = encoder_for("leef", FormatsConfig(leef=LeefOptions(delimiter=delimiter)))(
+        event_with(text)
+    )
+    assert not any((octet < 0x20 and octet != 0x09) or octet == 0x7F for octet in line), line
+    assert raw_controls(line) == set()

@@ -15,7 +15,16 @@ from forwarder.formats.options import FormatsConfig, SyslogOptions
 from forwarder.formats.syslog import SyslogFramer, frame_3164, frame_5424, octet_count
 from tests.golden import assert_golden
 from tests.helpers import SAMPLES, sample_paths
-from tests.unit.test_format_cef import TRICKY, event_with, normalized, parse_cef, sample_id, texts
+from tests.unit.test_format_cef import (
+    TRICKY,
+    clean,
+    event_with,
+    normalized,
+    parse_cef,
+    raw_controls,
+    sample_id,
+    texts,
+)
 
 HOST = "forwarder.example.com"
 INNER = ("syslog-cef", "syslog-leef", "syslog-json")
@@ -246,6 +255,21 @@ def test_sd_values_escape_quote_backslash_and_bracket() -> None:
     assert sd["eventId"] == 'a"b\\c]d] [x@1 y="z"]  q'
 
 
+def test_nul_and_escape_sequences_arrive_as_replacement_characters() -> None:
+    event = event_with("nul\x00 esc\x1b[31m ]bel\x07 del\x7f csi\x9b")
+    fields = parse_5424(encoder("syslog-cef")(event))
+    expected = "nul\ufffd esc\ufffd[31m ]bel\ufffd del\ufffd csi\ufffd"
+    assert dict(fields["sd"][0][1]) == dict.fromkeys(
+        ("eventId", "recordType", "recordId", "userId", "orgId"), expected
+    )
+    assert fields["msgid"] == "nul__esc_[31m_]bel__del__csi_"  # printable US-ASCII only
+    assert dict(parse_cef(fields["msg"].decode())[1])["msg"] == expected
+    for name in INNER:
+        for rfc in ("5424", "3164"):
+            frame = encoder(name, rfc=rfc)(event)
+            assert b"\x00" not in frame and b"\x1b" not in frame, (name, rfc)
+
+
 def test_structured_data_can_be_turned_off_and_is_nil_without_ids() -> None:
     event = normalized(SAMPLES / "feature_create.json")
     assert parse_5424(encoder("syslog-cef", structured_data=False)(event))["sd"] == []
@@ -306,7 +330,7 @@ def check_frames(text: str, name: str, rfc: str) -> None:
         fields = parse_5424(frame)
         assert fields["msg"] == inner  # the MSG is the encoded event, untouched
         value = text if len(text) <= 255 else text[:254] + "\u2026"
-        expected = value.replace("\r", " ").replace("\n", " ")
+        expected = clean(value.replace("\r", " ").replace("\n", " "))
         params = dict(fields["sd"][0][1]) if fields["sd"] else {}
         assert set(params) <= {"eventId", "recordType", "recordId", "userId", "orgId"}
         assert all(found == expected for found in params.values())
@@ -314,6 +338,12 @@ def check_frames(text: str, name: str, rfc: str) -> None:
         assert parse_3164(frame)["msg"] == inner
     if name == "syslog-cef":
         parse_cef(inner.decode("utf-8"))
+    assert raw_controls(frame[: len(frame) - len(inner)], allowed="") == set()  # the header
+    if name == "syslog-json":
+        # JSON is left to orjson, which escapes C0 as \u00XX; DEL and C1 are valid JSON as is.
+        assert not any(octet < 0x20 for octet in inner)
+    else:
+        assert raw_controls(inner) == set()
     # Both TCP framings give back exactly one message per event.
     assert split_octet_counted(octet_count(frame) * 2) == [frame, frame]
     assert (frame + b"\n").split(b"\n") == [frame, b""]
@@ -329,3 +359,11 @@ def test_tricky_values_stay_in_their_field(text: str, rfc: str) -> None:
 @given(texts, st.sampled_from(INNER), st.sampled_from(["5424", "3164"]))
 def test_any_text_stays_in_its_field_and_one_frame(text: str, name: str, rfc: str) -> None:
     check_frames(text, name, rfc)
+
+
+@given(texts, st.sampled_from(INNER), st.sampled_from(["5424", "3164"]))
+def test_no_control_octet_but_tab_is_ever_written(text: str, name: str, rfc: str) -> None:
+    frame = encoder(name, rfc=rfc)(event_with(text))
+    assert not any(octet < 0x20 and octet != 0x09 for octet in frame), frame
+    if name != "syslog-json":  # DEL is valid JSON, and JSON is orjson's
+        assert b"\x7f" not in frame

@@ -48,8 +48,8 @@ STREAMS = ("tcp-octet-counting", "tls-octet-counting")
 def events() -> list[dict[str, Any]]:
     """Every sample, every tricky text (newlines, non-ASCII, escapes) and a 10 KB message."""
     samples = [normalized_sample(path) for path in sample_paths()]
-    # NUL is the one octet rsyslog never passes through (test_rsyslog_escapes_nul below).
-    tricky = [event_with(text) for text in TRICKY if "\x00" not in text]
+    # NUL and the other control characters included: the encoders write them as U+FFFD.
+    tricky = [event_with(text) for text in TRICKY]
     long = {**samples[0], "message": "\u00e9\u2192 line\nbreak " * 600}
     return [*samples, *tricky, long]
 
@@ -172,15 +172,20 @@ async def test_newlines_in_cef_values_stay_inside_one_message(
     assert b"msg=lf\\nonly" in got[1]
 
 
-async def test_rsyslog_escapes_nul(receiver: Rsyslog, sinks: Sinks) -> None:
-    # The CEF encoder keeps a NUL from the event as a raw octet (RFC 5424 MSG allows any
-    # octet); rsyslog writes it as "#000" whatever its escaping options. The sink sends it as is.
-    sink = await sinks(sink_config(receiver, "tcp", transport="tcp"))
-    sent = [encoder_for("syslog-cef")(event_with("nul\x00byte"))]
-    assert b"\x00" in sent[0]
+@pytest.mark.parametrize("format", FORMATS)
+async def test_nul_and_escape_arrive_intact(receiver: Rsyslog, sinks: Sinks, format: str) -> None:
+    # rsyslog writes a raw NUL as "#000" whatever its escaping options; the encoders send
+    # U+FFFD instead (JSON: \u0000), which rsyslog stores as it came.
+    sink = await sinks(sink_config(receiver, "tcp", transport="tcp", format=format))
+    options = FormatsConfig.model_validate({"syslog": {"hostname": "fw.example"}})
+    sent = [encoder_for(format, options)(event_with("nul\x00byte esc\x1b[31m red"))]
+    assert b"\x00" not in sent[0] and b"\x1b" not in sent[0]
     before = len(receiver.lines("tcp"))
     await sink.send_batch(sent)
-    assert await received_after(receiver, "tcp", before, 1) == [sent[0].replace(b"\x00", b"#000")]
+    got = await received_after(receiver, "tcp", before, 1)
+    assert got == sent
+    if format != "syslog-json":
+        assert "nul\ufffdbyte esc\ufffd[31m red".encode() in got[0]
 
 
 async def test_non_ascii_arrives_as_the_same_utf8(receiver: Rsyslog, sinks: Sinks) -> None:
