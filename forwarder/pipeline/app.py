@@ -203,6 +203,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
 
     def hold(
         key: bytes,
+        partition: int,
         body: Any,
         headers: dict[str, str],
         pending: dict[bytes, Any],
@@ -228,6 +229,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         group = window.hold(
             group_of(key, pending_held), audit, headers, now=now, event_time=event_time
         )
+        group["p"] = partition  # the timer sends one tick per partition for its due groups
         pending_held[key] = group
         if len(group["audits"]) >= dedupe_config.window_max_audits:
             return flush_group(key, pending, pending_held)
@@ -251,8 +253,14 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 if key:
                     source_event[key] = event
                 if ticks_topic is not None and event.message.topic != config.topics.raw:
-                    if key:
-                        merged = on_tick(key, value, pending, pending_held)
+                    # A tick names one key, or (value {"flush": [...]}) the due keys of its
+                    # partition, which are this event's partition: table writes land right.
+                    named = [key] if key else _flush_keys(value)
+                    for each in named:
+                        source_event[each] = event
+                        merged = on_tick(
+                            each, TICK_FLUSH if not key else value, pending, pending_held
+                        )
                         if merged is not None:
                             outgoing.append(merged)
                     continue
@@ -265,7 +273,9 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                     and body.get("event") == "audit"
                     and isinstance(body.get("audit"), dict)
                 ):
-                    merged = hold(key, body, headers, pending, pending_held)
+                    merged = hold(
+                        key, event.message.partition, body, headers, pending, pending_held
+                    )
                     if merged is not None:
                         outgoing.append(merged)
                     continue
@@ -324,14 +334,28 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             @app.timer(interval=dedupe_config.window_check_interval_seconds)
             async def flush_due_windows() -> None:
                 now = time.time()
+                every = dedupe_config.window_check_interval_seconds
                 groups = audits = 0
+                due: dict[int, list[bytes]] = {}
                 for key, raw in list(held.items()):
                     group = orjson.loads(raw)
                     groups += 1
                     audits += len(group["audits"])
-                    if window.due(group, now=now, window=dedupe_config.window_seconds):
-                        await tick(
-                            key, TICK_FLUSH, now, dedupe_config.window_check_interval_seconds
+                    if not window.due(group, now=now, window=dedupe_config.window_seconds):
+                        continue
+                    if tick_sent.get(key + TICK_FLUSH, 0.0) >= now - max(5 * every, 5.0):
+                        continue  # ticked a moment ago; the agent has not got to it yet
+                    tick_sent[key + TICK_FLUSH] = now
+                    due.setdefault(int(group.get("p", -1)), []).append(key)
+                for partition, keys in due.items():
+                    if partition < 0:  # held before groups knew their partition
+                        for key in keys:
+                            await ticks_topic.send(key=key, value=TICK_FLUSH)
+                        continue
+                    for start in range(0, len(keys), _TICK_KEYS):
+                        chunk = [k.decode("latin-1") for k in keys[start : start + _TICK_KEYS]]
+                        await ticks_topic.send(
+                            key=None, value=orjson.dumps({"flush": chunk}), partition=partition
                         )
                 metrics.dedupe_held_groups.set(groups)
                 metrics.dedupe_held_audits.set(audits)
@@ -360,6 +384,16 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
 
 TICK_FLUSH = b"flush"
 TICK_EXPIRE = b"expire"
+_TICK_KEYS = 1000  # keys named by one partition tick
+
+
+def _flush_keys(value: bytes) -> list[bytes]:
+    """The keys a partition tick names (record keys are bytes; latin-1 carries them unchanged)."""
+    try:
+        named = orjson.loads(value).get("flush", [])
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    return [str(key).encode("latin-1") for key in named]
 
 
 def _use_partition_of(event: EventT) -> None:
