@@ -21,6 +21,7 @@ from forwarder.config import Config
 from forwarder.kafka_client import broker_urls, ticks_topic_name
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
+from forwarder.pipeline.faust_fixes import refuse_stale_acks
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
 from forwarder.pipeline.sensors import FaustSensor
 
@@ -40,6 +41,7 @@ def new_faust_app(
     config: Config, app_id: str, *, role: str, store: str, datadir: Path
 ) -> faust.App:
     """A Faust app (and consumer group `app_id`) with the settings every app here shares."""
+    refuse_stale_acks()
     return faust.App(
         app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),

@@ -169,6 +169,18 @@ class Batcher:
         """Whether `item` can join without passing the byte limit (a lone item always fits)."""
         return not self.items or self.size + len(item.payload) <= self.max_bytes
 
+    def carry(self, event: EventT) -> None:
+        """An event with nothing to send (filtered, or already in the DLQ) acked with the batch.
+
+        Acks stay in offset order: Faust commits up to the first gap it sees, and its check
+        for a gap right after the committed offset lets one offset through unnoticed.
+        """
+        self.events.append(event)
+
+    def waiting(self) -> bool:
+        """Whether anything waits for the batch: items to send or events to ack."""
+        return bool(self.items or self.events)
+
     def add(self, item: Prepared, event: EventT) -> None:
         """Append an item with the Kafka event to ack once it is delivered."""
         if not self.items:
@@ -186,7 +198,7 @@ class Batcher:
         return bool(self.items) and time.monotonic() - self.opened >= self.max_seconds
 
     def take(self) -> tuple[list[Prepared], list[EventT]]:
-        """Empty the batch, returning its items and events."""
+        """Empty the batch, returning its items and the events to ack, in offset order."""
         items, events = self.items, self.events
         self.items, self.events, self.size = [], [], 0
         return items, events
@@ -237,8 +249,15 @@ def create_sink_app(
                 items, events = batch.take()
                 if items:
                     await ship(sink, sink_config, items, metrics, dlq_topic.send)
-                    for event in events:
-                        await manual.ack(event)
+                for event in events:
+                    await manual.ack(event)
+
+        async def settled(event: EventT) -> None:
+            # Nothing to send for this event: ack it now, or after the batch before it.
+            if batch.waiting():
+                batch.carry(event)
+            else:
+                await manual.ack(event)
 
         async def ship_when_due() -> None:
             while True:
@@ -257,11 +276,11 @@ def create_sink_app(
                 except ValueError as error:
                     metrics.sink_dead_lettered.labels(name, "encode").inc()
                     await dead_letter(dlq_topic.send, item, str(error), 0, records.utc_now_iso())
-                    await manual.ack(event)
+                    await settled(event)
                     continue
                 if payload is None:
                     metrics.filtered.labels(name).inc()
-                    await manual.ack(event)
+                    await settled(event)
                     continue
                 item.payload = payload
                 if not batch.fits(item):
