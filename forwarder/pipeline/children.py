@@ -74,7 +74,11 @@ class SinkProcesses:
         command += ["--metrics-host", "127.0.0.1", "--metrics-port", str(child.metrics_port)]
         if self._config_path is not None:
             command += ["--config", str(self._config_path)]
-        child.process = subprocess.Popen(command, preexec_fn=_die_with_parent)
+        # A session of its own: a Ctrl-C in the terminal reaches the worker, which stops its
+        # sinks in order, rather than every process at once (the supervisor would restart them).
+        child.process = subprocess.Popen(
+            command, preexec_fn=_die_with_parent, start_new_session=True
+        )
         child.started_at = time.monotonic()
         log.info("sink process started", extra={"sink": child.sink, "pid": child.process.pid})
 
