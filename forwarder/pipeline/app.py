@@ -21,7 +21,7 @@ from forwarder.config import Config
 from forwarder.kafka_client import broker_urls, ticks_topic_name
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
-from forwarder.pipeline.faust_fixes import refuse_stale_acks
+from forwarder.pipeline.faust_fixes import HoleWatch, refuse_stale_acks
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
 from forwarder.pipeline.sensors import FaustSensor
 
@@ -42,7 +42,7 @@ def new_faust_app(
 ) -> faust.App:
     """A Faust app (and consumer group `app_id`) with the settings every app here shares."""
     refuse_stale_acks()
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
         broker_client_id=f"{config.kafka.client_id}-{role}",
@@ -60,6 +60,13 @@ def new_faust_app(
         stream_wait_empty=False,
         autodiscover=False,
     )
+    watch = HoleWatch()
+
+    @app.timer(interval=5.0)
+    async def reread_holes() -> None:
+        await watch.check(app.consumer)
+
+    return app
 
 
 def create_app(config: Config, registry: CollectorRegistry) -> faust.App:

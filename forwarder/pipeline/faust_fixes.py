@@ -1,38 +1,118 @@
-"""A fix to faust-streaming's consumer that at-least-once delivery depends on.
+"""Fixes to faust-streaming's consumer that at-least-once delivery depends on.
 
-After a rebalance, a stream skips the messages it fetched in the previous consumer group
-generation and *acks* them (faust/streams.py, "Skipping message ... with generation_id"), so
-that lag does not grow. The ack lets this process commit offsets it never processed: for a
-partition that moved to another worker it commits past that worker's position, and for one it
-kept it may commit before the re-fetched copies are processed. A second rebalance or a crash
-then seeks past messages nobody processed: they are lost (seen in the rebalance tests).
+Faust commits, per partition, the end of the first run of consecutive acked offsets. Three of
+its behaviours let it commit past a message nobody processed (seen as lost records in the
+rebalance and SIGKILL tests, docs/decisions/0007-stale-generation-acks.md):
 
-Refusing acks for messages of an earlier generation makes the partition's current owner read
-them again from the last committed offset: a duplicate at worst, which at-least-once allows.
+1. After a rebalance a stream skips the messages it fetched in the previous consumer group
+   generation and *acks* them, so that lag does not grow.
+2. Its check for a missing offset right after the committed one (`min(acked) - committed > 1`)
+   lets exactly one missing offset through.
+3. When the fetcher sees offsets jump it records a "gap" and treats the missing offsets as
+   acked; on the project's topics (not compacted, not transactional) offsets never jump, so a
+   jump means a message was dropped on the way to the streams.
+
+The patches: acks of earlier-generation messages are refused (the partition's current owner
+reads them again); a partition is committed only from its committed offset on, without holes;
+gaps are not recorded. A message dropped on the way to the streams then holds its partition's
+commits back instead of being skipped, and `reread_holes` (run by a timer in every app) seeks
+such a partition back to its committed offset so the message is read again: a few duplicates,
+never a loss.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from faust.transport.consumer import Consumer
 
-_PATCHED = "_aha_siem_generation_checked"
+log = logging.getLogger("forwarder.faust")
+
+_PATCHED = "_aha_siem_patched"
 
 
 def refuse_stale_acks() -> None:
-    """Patch `Consumer.ack` to ignore messages fetched in an earlier generation (idempotent)."""
+    """Install the consumer patches (idempotent)."""
     if getattr(Consumer.ack, _PATCHED, False):
         return
-    original = Consumer.ack
+    original_ack = Consumer.ack
+    original_new_offset = Consumer._new_offset
 
     def ack(self: Consumer, message: Any) -> bool:
         fetched_in = getattr(message, "generation_id", None)
         current = self.app.consumer_generation_id
         if fetched_in is not None and current is not None and fetched_in != current:
             return False
-        return bool(original(self, message))
+        return bool(original_ack(self, message))
 
-    setattr(ack, _PATCHED, True)
-    ack.__doc__ = original.__doc__
+    def _new_offset(self: Consumer, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed:
+            return None  # the message at `committed` is not processed yet
+        result: int | None = original_new_offset(self, tp)
+        return result
+
+    async def _add_gap(self: Consumer, tp: Any, offset_from: int, offset_to: int) -> None:
+        log.warning(
+            "offsets skipped on the way to the streams; not treating them as processed",
+            extra={
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "from": offset_from,
+                "to": offset_to,
+            },
+        )
+
+    for function in (ack, _new_offset, _add_gap):
+        setattr(function, _PATCHED, True)
     Consumer.ack = ack  # type: ignore[method-assign]
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+
+
+class HoleWatch:
+    """Finds partitions whose commits wait for a message that is not coming, and re-reads them.
+
+    A partition "has a hole" when later offsets are acked but the one at its committed offset
+    is not. If that lasts `patience` seconds the message was dropped before reaching the
+    streams: seeking to the committed offset reads it (and what follows) again.
+    """
+
+    def __init__(self, patience: float = 20.0) -> None:
+        self.patience = patience
+        self._since: dict[Any, tuple[int, float]] = {}
+
+    async def check(self, consumer: Any, now: float | None = None) -> list[Any]:
+        """Seek back every partition with a lasting hole; return them."""
+        now = time.monotonic() if now is None else now
+        reread = []
+        try:
+            assigned = set(consumer.assignment())
+        except Exception:  # not started or stopping: nothing to check
+            return []
+        for tp in assigned:
+            acked = consumer._acked.get(tp)
+            committed = consumer._committed_offset.get(tp)
+            if not acked or committed is None or min(acked) <= committed:
+                self._since.pop(tp, None)
+                continue
+            first, since = self._since.get(tp, (committed, now))
+            if first != committed:
+                first, since = committed, now
+            self._since[tp] = (first, since)
+            if now - since < self.patience:
+                continue
+            log.warning(
+                "a message was not processed; reading the partition again from it",
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": committed},
+            )
+            await consumer.seek(tp, committed)
+            self._since.pop(tp, None)
+            reread.append(tp)
+        for tp in list(self._since):
+            if tp not in assigned:
+                del self._since[tp]
+        return reread

@@ -172,9 +172,11 @@ class Batcher:
     def carry(self, event: EventT) -> None:
         """An event with nothing to send (filtered, or already in the DLQ) acked with the batch.
 
-        Acks stay in offset order: Faust commits up to the first gap it sees, and its check
-        for a gap right after the committed offset lets one offset through unnoticed.
+        Acks stay in offset order, so that a partition's commits never pass an event that is
+        still on its way (docs/decisions/0007-stale-generation-acks.md).
         """
+        if not self.items and not self.events:
+            self.opened = time.monotonic()
         self.events.append(event)
 
     def waiting(self) -> bool:
@@ -183,7 +185,7 @@ class Batcher:
 
     def add(self, item: Prepared, event: EventT) -> None:
         """Append an item with the Kafka event to ack once it is delivered."""
-        if not self.items:
+        if not self.items and not self.events:
             self.opened = time.monotonic()
         self.items.append(item)
         self.events.append(event)
@@ -195,7 +197,7 @@ class Batcher:
 
     def due(self) -> bool:
         """The oldest item waited `max_seconds`."""
-        return bool(self.items) and time.monotonic() - self.opened >= self.max_seconds
+        return self.waiting() and time.monotonic() - self.opened >= self.max_seconds
 
     def take(self) -> tuple[list[Prepared], list[EventT]]:
         """Empty the batch, returning its items and the events to ack, in offset order."""
@@ -253,8 +255,9 @@ def create_sink_app(
                     await manual.ack(event)
 
         async def settled(event: EventT) -> None:
-            # Nothing to send for this event: ack it now, or after the batch before it.
-            if batch.waiting():
+            # Nothing to send for this event: ack it now, or after the events before it (in
+            # the batch, or in the one being shipped).
+            if batch.waiting() or shipping.locked():
                 batch.carry(event)
             else:
                 await manual.ack(event)

@@ -6,7 +6,7 @@ import faust
 from faust.types import TP
 from faust.types.tuples import Message
 
-from forwarder.pipeline.faust_fixes import refuse_stale_acks
+from forwarder.pipeline.faust_fixes import HoleWatch, refuse_stale_acks
 
 TOPIC = "aha.audit.raw"
 
@@ -43,3 +43,57 @@ async def test_a_message_of_an_earlier_generation_is_not_acked_so_it_is_not_comm
     assert consumer.ack(message(5, 7)) is True
     assert consumer._acked[tp] == [5]
     assert consumer._new_offset(tp) == 6
+
+
+def test_a_partition_is_never_committed_past_an_offset_that_was_not_acked() -> None:
+    refuse_stale_acks()
+    app = faust.App("faust-fixes-holes", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer = app.consumer
+    app.topics._acking_topics.add(TOPIC)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 6  # offsets up to 5 are done; 6 is next
+    # 7 is acked, 6 is not (dropped on its way to the streams): Faust alone would commit 8.
+    assert consumer.ack(message(7, 0)) is True
+    assert consumer._new_offset(tp) is None
+    assert consumer.ack(message(6, 0)) is True
+    assert consumer._new_offset(tp) == 8
+
+
+async def test_offsets_skipped_by_the_fetcher_are_not_taken_as_processed() -> None:
+    refuse_stale_acks()
+    app = faust.App("faust-fixes-gaps", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer = app.consumer
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 6
+    await consumer._add_gap(tp, 6, 7)
+    consumer._acked[tp].append(8)
+    assert consumer._new_offset(tp) is None
+
+
+class HeldBack:
+    """A consumer whose partition 0 waits for offset 6 while 7 and 8 are acked."""
+
+    def __init__(self) -> None:
+        self.tp = TP(TOPIC, 0)
+        self.other = TP(TOPIC, 1)
+        self._acked = {self.tp: [7, 8], self.other: [3, 4]}
+        self._committed_offset = {self.tp: 6, self.other: 3}
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return {self.tp, self.other}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_a_lasting_hole_is_read_again_from_the_committed_offset() -> None:
+    consumer = HeldBack()
+    watch = HoleWatch(patience=20.0)
+    assert await watch.check(consumer, now=100.0) == []
+    assert await watch.check(consumer, now=110.0) == []  # may still be on its way
+    assert await watch.check(consumer, now=121.0) == [consumer.tp]
+    assert consumer.seeks == [(consumer.tp, 6)]  # partition 1 has no hole: left alone
+    # Once the offset is processed, nothing more happens.
+    consumer._acked[consumer.tp] = [6, 7, 8]
+    assert await watch.check(consumer, now=200.0) == []

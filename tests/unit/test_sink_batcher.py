@@ -36,3 +36,11 @@ def test_count_bytes_and_a_lone_oversized_item() -> None:
     for name in "cde":
         batch.add(item(1), name)
     assert batch.full()  # 3 events
+
+
+def test_events_with_nothing_to_send_alone_are_acked_when_the_batch_is_due() -> None:
+    batch = Batcher(max_events=10, max_bytes=10_000, max_seconds=0.0)
+    batch.carry("offset-9 (filtered)")
+    assert batch.waiting() and batch.due()
+    items, acks = batch.take()
+    assert items == [] and acks == ["offset-9 (filtered)"]
