@@ -11,10 +11,12 @@ rebalance and SIGKILL tests, docs/decisions/0007-stale-generation-acks.md):
 3. When the fetcher sees offsets jump it records a "gap" and treats the missing offsets as
    acked; on the project's topics (not compacted, not transactional) offsets never jump, so a
    jump means a message was dropped on the way to the streams.
+4. A partition without a committed offset (a new group, or offset 0) is kept as `None`, and
+   then nothing is checked before committing it.
 
 The patches: acks of earlier-generation messages are refused (the partition's current owner
-reads them again); a partition is committed only from its committed offset on, without holes;
-gaps are not recorded. A message dropped on the way to the streams then holds its partition's
+reads them again); a partition is committed only from its committed offset on, without holes,
+and a partition with none starts from its earliest offset; gaps are not recorded. A message dropped on the way to the streams then holds its partition's
 commits back instead of being skipped, and `reread_holes` (run by a timer in every app) seeks
 such a partition back to its committed offset so the message is read again: a few duplicates,
 never a loss.
@@ -39,6 +41,7 @@ def refuse_stale_acks() -> None:
         return
     original_ack = Consumer.ack
     original_new_offset = Consumer._new_offset
+    original_perform_seek = Consumer.perform_seek
 
     def ack(self: Consumer, message: Any) -> bool:
         fetched_in = getattr(message, "generation_id", None)
@@ -66,11 +69,30 @@ def refuse_stale_acks() -> None:
             },
         )
 
-    for function in (ack, _new_offset, _add_gap):
+    async def perform_seek(self: Consumer) -> None:
+        # Faust keeps "no committed offset" (a new group, or offset 0) as None, and then checks
+        # nothing before committing: a partition would be committed from whatever was acked
+        # first. Reading starts at the earliest offset then (auto_offset_reset=earliest), so
+        # that is where the partition stands.
+        await original_perform_seek(self)
+        acking = self.app.topics.acks_enabled_for
+        unknown = [
+            tp
+            for tp in self.assignment()
+            if self._committed_offset.get(tp) is None and acking(tp.topic)
+        ]
+        if unknown:
+            earliest = await self.earliest_offsets(*unknown)
+            for tp in unknown:
+                if self._committed_offset.get(tp) is None and tp in earliest:
+                    self._committed_offset[tp] = int(earliest[tp])
+
+    for function in (ack, _new_offset, _add_gap, perform_seek):
         setattr(function, _PATCHED, True)
     Consumer.ack = ack  # type: ignore[method-assign]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 class HoleWatch:
@@ -81,7 +103,7 @@ class HoleWatch:
     streams: seeking to the committed offset reads it (and what follows) again.
     """
 
-    def __init__(self, patience: float = 20.0) -> None:
+    def __init__(self, patience: float = 15.0) -> None:
         self.patience = patience
         self._since: dict[Any, tuple[int, float]] = {}
 

@@ -97,3 +97,37 @@ async def test_a_lasting_hole_is_read_again_from_the_committed_offset() -> None:
     # Once the offset is processed, nothing more happens.
     consumer._acked[consumer.tp] = [6, 7, 8]
     assert await watch.check(consumer, now=200.0) == []
+
+
+class NewGroup:
+    """What perform_seek needs of a consumer whose group never committed partition 0."""
+
+    def __init__(self) -> None:
+        from collections import defaultdict
+
+        self.tp = TP(TOPIC, 0)
+        self.changelog = TP("aha-siem-dedupe-changelog", 0)
+        self._read_offset: dict[TP, int | None] = {}
+        self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self.app = self
+        self.topics = self
+
+    def acks_enabled_for(self, topic: str) -> bool:
+        return topic == TOPIC
+
+    def assignment(self) -> set[TP]:
+        return {self.tp, self.changelog}
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return {self.tp: None, self.changelog: None}
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 40)
+
+
+async def test_a_partition_never_committed_is_checked_from_its_earliest_offset() -> None:
+    refuse_stale_acks()
+    consumer = NewGroup()
+    await faust.transport.consumer.Consumer.perform_seek(consumer)  # type: ignore[arg-type]
+    assert consumer._committed_offset[consumer.tp] == 40
+    assert consumer._committed_offset[consumer.changelog] is None  # no acks on changelogs
