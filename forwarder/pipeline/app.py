@@ -109,13 +109,16 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             config.topics.raw, ticks_name, key_serializer="raw", value_serializer="raw"
         )
     if windowed:
+        # The held audits live in the record's dedupe state (one changelog record per key, so
+        # "seen" and "held" persist together); this table only indexes the open windows for
+        # the timer: {"opened": time, "p": partition, "n": audits}.
         held = app.Table(
             "held",
             default=None,
             partitions=config.topics.partitions,
             key_type=bytes,
             value_type=bytes,
-            help="Per record: the audits held in its open window.",
+            help="Per record with an open window: when it opened, its partition, its size.",
         )
 
     def provenance_of(headers: dict[str, str]) -> Provenance:
@@ -135,12 +138,12 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         assert table is not None
         return dedupe.decode_state(table.get(key))
 
-    def group_of(key: bytes, pending_held: dict[bytes, Any]) -> Any:
-        if key in pending_held:
-            return pending_held[key]
-        assert held is not None
-        raw = held.get(key)
-        return None if raw is None else orjson.loads(raw)
+    def group_of(key: bytes, pending: dict[bytes, Any]) -> Any:
+        state = state_of(key, pending)
+        return state.get(HELD) if state else None
+
+    def index(group: Any, partition: int) -> dict[str, Any]:
+        return {"opened": group["opened"], "p": partition, "n": len(group["audits"])}
 
     def decide(
         key: bytes, value: bytes, body: Any, headers: dict[str, str], pending: dict[bytes, Any]
@@ -172,7 +175,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         key: bytes, pending: dict[bytes, Any], pending_held: dict[bytes, Any]
     ) -> Any | None:
         """Ship a held group as one merged event (or suppress it when all of it was shipped)."""
-        group = group_of(key, pending_held)
+        group = group_of(key, pending)
         pending_held[key] = None
         if not group or not group["audits"]:
             return None
@@ -181,6 +184,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         ship, state = dedupe.decide_group(
             state_of(key, pending), audits, now=now, horizon=dedupe_config.collation_horizon_seconds
         )
+        state.pop(HELD, None)
         pending[key] = state
         held_seconds = max(0.0, now - float(group["opened"]))
         metrics.dedupe_held_seconds.observe(held_seconds)
@@ -199,13 +203,15 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
     ) -> Any | None:
         now = time.time()
         if kind == TICK_FLUSH and held is not None:
-            group = group_of(key, pending_held)
-            if group and window.due(group, now=now, window=dedupe_config.window_seconds):
+            group = group_of(key, pending)
+            if group is None:
+                pending_held[key] = None  # an index entry whose group is gone (flushed)
+            elif window.due(group, now=now, window=dedupe_config.window_seconds):
                 return flush_group(key, pending, pending_held)
         elif kind == TICK_EXPIRE:
             state = state_of(key, pending)
             idle = state is not None and dedupe.expired(state, now, dedupe_config.retention_seconds)
-            if idle and not (held is not None and group_of(key, pending_held)):
+            if idle and not group_of(key, pending):
                 pending[key] = None
                 metrics.dedupe_expired.inc()
         return None
@@ -232,14 +238,17 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         pending[key] = state
         if copy:
             metrics.dedupe_dropped.labels("exact").inc()
+            if state.get(HELD):
+                # A copy of a held audit: make sure the timer knows the window (its index
+                # entry may not have survived a crash that the state did).
+                pending_held[key] = index(state[HELD], partition)
             return None
         if revision:
             metrics.dedupe_revisions.inc()
-        group = window.hold(
-            group_of(key, pending_held), audit, headers, now=now, event_time=event_time
-        )
-        group["p"] = partition  # the timer sends one tick per partition for its due groups
-        pending_held[key] = group
+        group = window.hold(state.get(HELD), audit, headers, now=now, event_time=event_time)
+        state[HELD] = group
+        # The timer sends one tick per partition for its due groups.
+        pending_held[key] = index(group, partition)
         if len(group["audits"]) >= dedupe_config.window_max_audits:
             return flush_group(key, pending, pending_held)
         return None
@@ -349,7 +358,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 for key, raw in list(held.items()):
                     group = orjson.loads(raw)
                     groups += 1
-                    audits += len(group["audits"])
+                    audits += int(group.get("n", 0))
                     if not window.due(group, now=now, window=dedupe_config.window_seconds):
                         continue
                     if tick_sent.get(key + TICK_FLUSH, 0.0) >= now - max(5 * every, 5.0):
@@ -391,6 +400,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
     return app
 
 
+HELD = "h"  # in a record's dedupe state: its open window's group (see window.py)
 TICK_FLUSH = b"flush"
 TICK_EXPIRE = b"expire"
 _TICK_KEYS = 1000  # keys named by one partition tick
