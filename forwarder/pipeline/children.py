@@ -67,7 +67,12 @@ class SinkProcesses:
         )
         for child in self._children:
             self._restarts.labels(child.sink)
-        registry.register(_ChildMetrics(self._children))
+
+    def exposition(self, own: CollectorRegistry) -> CollectorRegistry:
+        """A registry to serve: the worker's own metrics and its sinks', one family per name."""
+        served = CollectorRegistry(auto_describe=False)
+        served.register(_Merged(own, self._children))
+        return served
 
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "forwarder", "sink", child.sink]
@@ -129,14 +134,19 @@ class SinkProcesses:
                 process.wait()
 
 
-class _ChildMetrics(Collector):
-    """Merges the metric families of the sink processes into the worker's registry."""
+class _Merged(Collector):
+    """The worker's families and its sink processes', merged by name.
 
-    def __init__(self, children: list[Child]) -> None:
+    Two processes expose some families alike (the Faust ones, with an `app` label of their
+    own): the text format allows one HELP and TYPE per name, so their samples are joined.
+    """
+
+    def __init__(self, own: CollectorRegistry, children: list[Child]) -> None:
+        self._own = own
         self._children = children
 
     def collect(self) -> Iterator[Metric]:
-        merged: dict[str, Metric] = {}
+        merged: dict[str, Metric] = {family.name: family for family in self._own.collect()}
         for child in self._children:
             if child.process is None or child.process.poll() is not None:
                 continue

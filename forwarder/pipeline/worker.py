@@ -40,8 +40,9 @@ def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) 
     if sinks and config.sinks:
         children = SinkProcesses([sink.name for sink in config.sinks], config_path, registry)
     if config.worker.metrics_port:
+        served = registry if children is None else children.exposition(registry)
         prometheus_client.start_http_server(
-            config.worker.metrics_port, addr=config.worker.metrics_host, registry=registry
+            config.worker.metrics_port, addr=config.worker.metrics_host, registry=served
         )
     log.info(
         "worker starting",

@@ -135,5 +135,8 @@ async def test_the_metrics_catalogue_is_what_the_processes_expose(stack: Stack) 
     async with httpx.AsyncClient() as client:
         ingest = (await client.get(f"{stack.url}/metrics")).text
         worker = (await client.get(stack.metrics_url)).text
+    # One HELP and TYPE per family, though the worker serves its sink processes' metrics too.
+    types = re.findall(r"^# TYPE (\S+) ", worker, re.M)
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
     exposed = dict(re.findall(r"^# TYPE (aha_siem_[a-z0-9_]+) (\w+)$", ingest + worker, re.M))
     assert exposed == documented_metrics()
