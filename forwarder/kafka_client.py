@@ -21,6 +21,15 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
 
+def admin_client(config: Config, role: str) -> AIOKafkaAdminClient:
+    """An admin client of the configured cluster, named for what it is used for."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        client_id=f"{config.kafka.client_id}-{role}",
+        request_timeout_ms=int(config.kafka.request_timeout_seconds * 1000),
+    )
+
+
 def project_topics(config: Config) -> list[str]:
     """Every topic the project itself creates (Faust creates its own internal ones)."""
     topics = config.topics
@@ -44,11 +53,7 @@ async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
     wanted = project_topics(config)
     deadline = time.monotonic() + timeout
     while True:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=config.kafka.bootstrap_servers,
-            client_id=f"{config.kafka.client_id}-admin",
-            request_timeout_ms=int(config.kafka.request_timeout_seconds * 1000),
-        )
+        admin = admin_client(config, "admin")
         try:
             await admin.start()
             existing = set(await admin.list_topics())

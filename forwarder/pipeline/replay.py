@@ -16,12 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from forwarder import records
 from forwarder.config import Config, ConfigError
+from forwarder.kafka_client import admin_client
 from forwarder.metrics import SinkMetrics
 from forwarder.pipeline.sink_app import (
     Batcher,
@@ -179,11 +179,7 @@ async def replay(
 
 
 async def _partitions(config: Config, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=config.kafka.bootstrap_servers,
-        client_id=f"{config.kafka.client_id}-replay",
-        request_timeout_ms=int(config.kafka.request_timeout_seconds * 1000),
-    )
+    admin = admin_client(config, "replay")
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from forwarder import records
 from forwarder.config import Config, SinkConfig
 from forwarder.formats import Encoder, encoder_for
+from forwarder.kafka_client import admin_client
 from forwarder.metrics import SinkMetrics
 from forwarder.pipeline.app import new_faust_app
 from forwarder.pipeline.sensors import FaustSensor
@@ -349,11 +350,7 @@ class LagProbe:
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
             kafka = self._config.kafka
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=kafka.bootstrap_servers,
-                client_id=f"{kafka.client_id}-lag",
-                request_timeout_ms=int(kafka.request_timeout_seconds * 1000),
-            )
+            admin = admin_client(self._config, "lag")
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=kafka.bootstrap_servers,
                 client_id=f"{kafka.client_id}-lag",

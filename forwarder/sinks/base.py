@@ -147,7 +147,6 @@ class Outcome:
     rejected: dict[int, str] = field(default_factory=dict)
     exhausted: set[int] = field(default_factory=set)  # rejected because retries ran out
     attempts: int = 0
-    last_error: str | None = None
 
 
 class _Retryable(Exception):
@@ -216,7 +215,6 @@ async def deliver(
                 try:
                     await sink.send_batch(batch)
                 except PartialFailure as error:
-                    outcome.last_error = str(error)
                     for position, reason in error.rejected.items():
                         outcome.rejected[pending[position]] = reason
                     retried = {pending[position] for position in error.retry}
@@ -229,7 +227,6 @@ async def deliver(
                     if pending:
                         raise _Retryable(error) from None
                 except SinkError as error:
-                    outcome.last_error = str(error)
                     if error.retriable:
                         raise _Retryable(error) from None
                     for index in pending:

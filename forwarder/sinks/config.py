@@ -49,11 +49,6 @@ class RouteConfig(SinkModel):
                 return False
         return True
 
-    @property
-    def is_everything(self) -> bool:
-        """True when the route lets every event through."""
-        return not (self.record_types or self.actions or self.accounts) and self.interesting is None
-
 
 class RetryConfig(SinkModel):
     """Back-off for retriable failures (exponential with jitter; `Retry-After` wins)."""
