@@ -62,6 +62,9 @@ class KafkaConfig(_Model):
     """Idempotent producers (no duplicates from retries); off only for brokers without it (Tansu)."""
     session_timeout_seconds: float = Field(default=30.0, gt=1)
     """Consumer group session timeout of the worker: how fast a dead worker's partitions move."""
+    metadata_max_age_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """How often consumers refresh cluster metadata: how soon a topic created or grown after a
+    worker joined (new partitions, a topic missing at its first rebalance) is consumed."""
 
 
 class TopicsConfig(_Model):

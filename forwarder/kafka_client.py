@@ -71,6 +71,7 @@ async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
                 log.info("created topics", extra={"topics": missing})
+            await _wait_for_leaders(admin, wanted, deadline)
             return missing
         except Exception as error:
             if time.monotonic() > deadline:
@@ -79,6 +80,28 @@ async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
             await asyncio.sleep(1.0)
         finally:
             await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], deadline: float) -> None:
+    """Wait until the metadata lists every topic with a leader for each partition.
+
+    A topic just created can be missing from the metadata for a few seconds; a consumer group
+    that rebalances in that gap leaves the topic unassigned until its next metadata refresh.
+    """
+    while True:
+        described = await admin.describe_topics(topics)
+        pending = sorted(
+            topic["topic"]
+            for topic in described
+            if topic["error_code"] != 0
+            or not topic["partitions"]
+            or any(part["leader"] < 0 for part in topic["partitions"])
+        )
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader in the metadata: {', '.join(pending)}")
+        await asyncio.sleep(0.2)
 
 
 class KafkaBodyProducer:

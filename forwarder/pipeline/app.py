@@ -53,6 +53,9 @@ def new_faust_app(
         topic_partitions=config.topics.partitions,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=config.kafka.session_timeout_seconds,
+        # A topic missing from the metadata at a rebalance is left unassigned until the next
+        # refresh (Faust's assignor skips it): refresh often enough for that to heal quickly.
+        consumer_metadata_max_age_ms=int(config.kafka.metadata_max_age_seconds * 1000),
         producer_acks=-1,
         # Do not wait at a rebalance or shutdown for in-flight events to be acked: a sink that
         # cannot deliver would hold the whole group. Un-acked events are consumed again by the
