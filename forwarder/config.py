@@ -213,6 +213,9 @@ class DedupeConfig(_Model):
     """window mode: a record's group ships at once when it holds this many audits."""
     window_check_interval_seconds: float = Field(default=1.0, gt=0)
     """window mode: how often held groups are checked for a passed window."""
+    shutdown_flush_seconds: float = Field(default=10.0, ge=0)
+    """window mode: on SIGTERM/SIGINT, how long the worker may spend shipping its held groups
+    before it leaves (what is left stays in the changelog table for the next owner)."""
 
 
 # One entry per sink type; each sink package owns its config model.

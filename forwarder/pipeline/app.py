@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, par
 from forwarder.pipeline.sensors import FaustSensor
 
 log = logging.getLogger("forwarder.worker")
+
+# What an app must do on SIGTERM/SIGINT before Faust stops its consumer: it is given the time
+# it may take (window mode ships its held groups here).
+before_stop: weakref.WeakKeyDictionary[faust.App, Callable[[float], Awaitable[int]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # Headers of the raw record that travel on with the normalized event.
 _CARRIED_HEADERS = (
@@ -205,11 +212,13 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
         key: bytes, kind: bytes, pending: dict[bytes, Any], pending_held: dict[bytes, Any]
     ) -> Any | None:
         now = time.time()
-        if kind == TICK_FLUSH and held is not None:
+        if kind in (TICK_FLUSH, TICK_FLUSH_NOW) and held is not None:
             group = group_of(key, pending)
             if group is None:
                 pending_held[key] = None  # an index entry whose group is gone (flushed)
-            elif window.due(group, now=now, window=dedupe_config.window_seconds):
+            elif kind == TICK_FLUSH_NOW or window.due(
+                group, now=now, window=dedupe_config.window_seconds
+            ):
                 return flush_group(key, pending, pending_held)
         elif kind == TICK_EXPIRE:
             state = state_of(key, pending)
@@ -276,12 +285,10 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 if ticks_topic is not None and event.message.topic != config.topics.raw:
                     # A tick names one key, or (value {"flush": [...]}) the due keys of its
                     # partition, which are this event's partition: table writes land right.
-                    named = [key] if key else _flush_keys(value)
+                    named, kind = ([key], value) if key else _partition_tick(value)
                     for each in named:
                         source_event[each] = event
-                        merged = on_tick(
-                            each, TICK_FLUSH if not key else value, pending, pending_held
-                        )
+                        merged = on_tick(each, kind, pending, pending_held)
                         if merged is not None:
                             outgoing.append(merged)
                     continue
@@ -368,18 +375,50 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                         continue  # ticked a moment ago; the agent has not got to it yet
                     tick_sent[key + TICK_FLUSH] = now
                     due.setdefault(int(group.get("p", -1)), []).append(key)
+                await send_flush_ticks(due, TICK_FLUSH)
+                metrics.dedupe_held_groups.set(groups)
+                metrics.dedupe_held_audits.set(audits)
+
+            async def send_flush_ticks(due: dict[int, list[bytes]], kind: bytes) -> None:
                 for partition, keys in due.items():
                     if partition < 0:  # held before groups knew their partition
                         for key in keys:
-                            await ticks_topic.send(key=key, value=TICK_FLUSH)
+                            await ticks_topic.send(key=key, value=kind)
                         continue
                     for start in range(0, len(keys), _TICK_KEYS):
                         chunk = [k.decode("latin-1") for k in keys[start : start + _TICK_KEYS]]
+                        tick = {"flush": chunk, "now": kind == TICK_FLUSH_NOW}
                         await ticks_topic.send(
-                            key=None, value=orjson.dumps({"flush": chunk}), partition=partition
+                            key=None, value=orjson.dumps(tick), partition=partition
                         )
-                metrics.dedupe_held_groups.set(groups)
-                metrics.dedupe_held_audits.set(audits)
+
+            async def flush_held_now(timeout: float) -> int:
+                """Ship every held group of this worker now (a graceful stop); how many are left.
+
+                The groups go through the agent as ticks, so shipping and clearing the table
+                happen together as for a passed window. Whatever is not shipped before
+                `timeout` stays in the changelog table for the partitions' next owner.
+                """
+                deadline = time.monotonic() + timeout
+                due: dict[int, list[bytes]] = {}
+                for key, raw in list(held.items()):
+                    due.setdefault(int(orjson.loads(raw).get("p", -1)), []).append(key)
+                waiting = {key for keys in due.values() for key in keys}
+                if not waiting:
+                    return 0
+                log.info("shipping held windows before stopping", extra={"groups": len(waiting)})
+                await send_flush_ticks(due, TICK_FLUSH_NOW)
+                while waiting and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                    waiting &= {key for key, _ in list(held.items())}
+                if waiting:
+                    log.warning(
+                        "held windows left for the next owner",
+                        extra={"groups": len(waiting), "timeout_seconds": timeout},
+                    )
+                return len(waiting)
+
+            before_stop[app] = flush_held_now
 
     app.agent(source_topic, name="normalize")(normalize_agent)
 
@@ -404,18 +443,23 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
 
 
 HELD = "h"  # in a record's dedupe state: its open window's group (see window.py)
-TICK_FLUSH = b"flush"
+TICK_FLUSH = b"flush"  # ship the group if its window has passed
+TICK_FLUSH_NOW = b"flush-now"  # ship the group now: the worker is stopping
 TICK_EXPIRE = b"expire"
 _TICK_KEYS = 1000  # keys named by one partition tick
 
 
-def _flush_keys(value: bytes) -> list[bytes]:
-    """The keys a partition tick names (record keys are bytes; latin-1 carries them unchanged)."""
+def _partition_tick(value: bytes) -> tuple[list[bytes], bytes]:
+    """The keys a partition tick names, and what to do with them.
+
+    Record keys are bytes; latin-1 carries them through JSON unchanged.
+    """
     try:
-        named = orjson.loads(value).get("flush", [])
+        tick = orjson.loads(value)
+        named, now = tick.get("flush", []), tick.get("now", False)
     except (orjson.JSONDecodeError, AttributeError):
-        return []
-    return [str(key).encode("latin-1") for key in named]
+        return [], TICK_FLUSH
+    return [str(key).encode("latin-1") for key in named], TICK_FLUSH_NOW if now else TICK_FLUSH
 
 
 def _use_partition_of(event: EventT) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
+from typing import Any
 
 import faust
 import prometheus_client
@@ -17,9 +19,34 @@ from forwarder.kafka_client import ensure_topics
 log = logging.getLogger("forwarder.worker")
 
 
+class _Worker(faust.Worker):
+    """Faust's worker, running the app's `before_stop` step when a signal asks it to stop.
+
+    The step runs while the agents still consume (window mode ships its held groups through
+    them); Faust's own stop, which stops the consumer first, follows.
+    """
+
+    def __init__(self, app: faust.App, *, grace_seconds: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._grace_seconds = grace_seconds
+        self._faust_app = app
+
+    async def _stop_on_signal(self, signal: signal.Signals) -> None:
+        from forwarder.pipeline.app import before_stop
+
+        step = before_stop.get(self._faust_app)
+        if step is not None and self._grace_seconds > 0:
+            try:
+                await step(self._grace_seconds)
+            except Exception:
+                log.exception("the step before stopping failed; stopping anyway")
+        await super()._stop_on_signal(signal)
+
+
 def _run_faust(app: faust.App, config: Config) -> None:
-    worker = faust.Worker(
+    worker = _Worker(
         app,
+        grace_seconds=config.dedupe.shutdown_flush_seconds,
         loglevel=config.log_level,
         logging_config=logs.logging_dict(config.log_level),
         quiet=True,

@@ -266,3 +266,33 @@ def test_a_rebalance_to_a_second_worker_and_back_loses_nothing(cluster: Cluster)
     wanted = {body["audit"]["id"] for body in bodies}
     events = _wait_for_ids(cluster, wanted)
     assert {event["event"]["id"] for event in events} == wanted
+
+
+def test_a_stopping_worker_ships_its_held_windows_before_it_leaves(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # A window far longer than the test: only the stop can ship these groups.
+    cluster = Cluster(tmp_path, kafka_bootstrap, {**WINDOW, "window_seconds": 3600})
+    try:
+        cluster.start("ingest", "ingest")
+        worker = cluster.start("worker", "worker-1")
+        records = [str(7720000000000000000 + index) for index in range(8)]
+        for record in records:
+            for name in PARTS:
+                cluster.post(on_record(collation(name), record))
+        # Every audit is held: nothing has shipped.
+        time.sleep(3)
+        assert cluster.events(expected=1, timeout=3) == []
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        events = cluster.events(expected=len(records) + 1, timeout=10)
+        assert sorted(event["aha"]["audit"]["auditable"]["id"] for event in events) == records
+        for event in events:
+            assert len(event["aha"]["collation"]["sources"]) == len(PARTS)
+            assert event["aha"]["collation"]["held_seconds"] < 3600
+        # The next worker finds no held window left to ship again.
+        cluster.start("worker", "worker-2")
+        time.sleep(5)
+        assert len(cluster.events(expected=len(records) + 1, timeout=5)) == len(records)
+    finally:
+        cluster.stop()
