@@ -118,6 +118,38 @@ def partial_failure(verdicts: Mapping[int, Verdict], message: str) -> PartialFai
     )
 
 
+def settle_batch(
+    whole: Verdict | None,
+    verdicts: Mapping[int, Verdict],
+    *,
+    sink: str,
+    request: str,
+    batch: str,
+) -> None:
+    """End a batch sent as one request (maybe split): return when every event was delivered.
+
+    `whole` is the failure of the request itself, raised as a SinkError named by `request`;
+    otherwise the per-event `verdicts` become a PartialFailure named by `batch`, its rejections
+    logged with their reasons.
+    """
+    if whole is not None:
+        raise_for(whole, request)
+        return
+    failure = partial_failure(verdicts, batch)
+    if failure is None:
+        return
+    if failure.rejected:
+        log.warning(
+            "events rejected by the destination",
+            extra={
+                "sink": sink,
+                "rejected": len(failure.rejected),
+                "reasons": sorted({reason.split(":")[0] for reason in failure.rejected.values()}),
+            },
+        )
+    raise failure
+
+
 class Sink(Protocol):
     """A destination for normalized events."""
 

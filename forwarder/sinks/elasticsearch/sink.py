@@ -14,8 +14,8 @@ from forwarder.sinks.base import (
     Retry,
     SinkError,
     Verdict,
-    partial_failure,
     raise_for,
+    settle_batch,
 )
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
 from forwarder.sinks.elasticsearch.retry import classify_item, classify_response
@@ -115,22 +115,13 @@ class ElasticsearchSink:
         """Send the batch; return when every event is created (or already was)."""
         verdicts: dict[int, Verdict] = {}
         whole = await self._send(events, list(range(len(events))), verdicts, whole=True)
-        if whole is not None:
-            raise_for(whole, f"{self.name}: bulk request")
-            return
-        failure = partial_failure(verdicts, f"{self.name}: bulk of {len(events)} events")
-        if failure is None:
-            return
-        if failure.rejected:
-            log.warning(
-                "events rejected by the cluster",
-                extra={
-                    "sink": self.name,
-                    "rejected": len(failure.rejected),
-                    "reasons": sorted({r.split(":")[0] for r in failure.rejected.values()}),
-                },
-            )
-        raise failure
+        settle_batch(
+            whole,
+            verdicts,
+            sink=self.name,
+            request=f"{self.name}: bulk request",
+            batch=f"{self.name}: bulk of {len(events)} events",
+        )
 
     async def _send(
         self,

@@ -16,8 +16,8 @@ from forwarder.sinks.base import (
     Retry,
     SinkError,
     Verdict,
-    partial_failure,
     raise_for,
+    settle_batch,
 )
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
 from forwarder.sinks.ids import event_key
@@ -92,18 +92,13 @@ class SentinelSink:
         """Upload the rows; return when Azure Monitor answered 204 for every one."""
         verdicts: dict[int, Verdict] = {}
         whole = await self._send(events, list(range(len(events))), verdicts, whole=True)
-        if whole is not None:
-            raise_for(whole, f"{self.name}: upload")
-            return
-        failure = partial_failure(verdicts, f"{self.name}: upload of {len(events)} rows")
-        if failure is None:
-            return
-        if failure.rejected:
-            log.warning(
-                "rows rejected by the Logs Ingestion API",
-                extra={"sink": self.name, "rejected": len(failure.rejected)},
-            )
-        raise failure
+        settle_batch(
+            whole,
+            verdicts,
+            sink=self.name,
+            request=f"{self.name}: upload",
+            batch=f"{self.name}: upload of {len(events)} rows",
+        )
 
     async def _send(
         self,
