@@ -107,11 +107,16 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
     from forwarder.kafka_client import ensure_topics, project_topics
+    from forwarder.pipeline.app import changelog_topics, create_app
 
     config = _load(args)
-    created = asyncio.run(ensure_topics(config))
-    for name in project_topics(config):
+    # The worker's table changelogs too, so a worker without the right to create topics runs.
+    changelogs = changelog_topics(create_app(config, CollectorRegistry()))
+    created = asyncio.run(ensure_topics(config, extra=changelogs))
+    for name in [*project_topics(config), *changelogs]:
         print(f"{name}: {'created' if name in created else 'exists'}")
     return 0
 

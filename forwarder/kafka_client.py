@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -45,12 +46,17 @@ def ticks_topic_name(config: Config) -> str:
     return f"{config.worker.app_id}-ticks"
 
 
-async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
+async def ensure_topics(
+    config: Config, timeout: float = 60.0, extra: Mapping[str, Mapping[str, str]] | None = None
+) -> list[str]:
     """Create missing project topics with the configured partitions and replication factor.
 
-    Returns the names that were created. Retries while the cluster is still coming up.
+    `extra` adds topics by name with their topic configs (the worker's changelog topics).
+    Returns the names that were created, once every wanted topic has a leader for each
+    partition. Retries while the cluster is still coming up.
     """
-    wanted = project_topics(config)
+    extra = extra or {}
+    wanted = project_topics(config) + [name for name in extra if name not in project_topics(config)]
     deadline = time.monotonic() + timeout
     while True:
         admin = admin_client(config, "admin")
@@ -64,6 +70,7 @@ async def ensure_topics(config: Config, timeout: float = 60.0) -> list[str]:
                         name,
                         num_partitions=config.topics.partitions,
                         replication_factor=config.topics.replication_factor,
+                        topic_configs=dict(extra.get(name, {})),
                     )
                     for name in missing
                 ]

@@ -15,6 +15,7 @@ import faust
 import orjson
 from faust.streams import _current_event
 from faust.types import EventT
+from mode.utils.times import want_seconds
 from prometheus_client import CollectorRegistry
 
 from forwarder import records
@@ -77,6 +78,26 @@ def new_faust_app(
         await watch.check(app.consumer)
 
     return app
+
+
+def changelog_topics(app: faust.App) -> dict[str, dict[str, str]]:
+    """The app's table changelog topics with the topic configs Faust would create them with.
+
+    The worker creates them before Faust starts and waits for their leaders: a changelog topic
+    that Faust creates itself can be missing from the consumer's metadata for a few seconds on a
+    busy broker, and the first table write then fails with PartitionsMismatch ("0 partitions").
+    """
+    topics: dict[str, dict[str, str]] = {}
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        policies = [
+            name for name, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on
+        ]
+        topic_config = {"cleanup.policy": ",".join(policies)} if policies else {}
+        if topic.retention:
+            topic_config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+        topics[topic.get_topic_name()] = topic_config
+    return topics
 
 
 def create_app(config: Config, registry: CollectorRegistry) -> faust.App:

@@ -57,12 +57,12 @@ def _run_faust(app: faust.App, config: Config) -> None:
 
 def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) -> None:
     """Create the topics, start one process per sink, serve /metrics, run normalize until stopped."""
-    from forwarder.pipeline.app import create_app
+    from forwarder.pipeline.app import changelog_topics, create_app
     from forwarder.pipeline.children import SinkProcesses
 
-    asyncio.run(ensure_topics(config))
     registry = CollectorRegistry()
     app = create_app(config, registry)
+    asyncio.run(ensure_topics(config, extra=changelog_topics(app)))
     children = None
     if sinks and config.sinks:
         children = SinkProcesses([sink.name for sink in config.sinks], config_path, registry)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client import CollectorRegistry
 
 from forwarder.config import parse
 from forwarder.kafka_client import admin_client, ensure_topics, project_topics
-from forwarder.pipeline.app import create_app
+from forwarder.pipeline.app import changelog_topics, create_app
 from tests.integration.conftest import stack_config
 
 pytestmark = pytest.mark.integration
@@ -20,17 +21,28 @@ async def test_topics_have_a_leader_for_every_partition_when_ensure_topics_retur
 ) -> None:
     tree = stack_config(tmp_path, kafka_bootstrap, "token")
     tree["topics"]["partitions"] = 6
+    tree["dedupe"] = {"mode": "window"}
     config = parse(tree)
+    changelogs = changelog_topics(create_app(config, CollectorRegistry()))
+    app_id = config.worker.app_id
+    # The worker's tables' changelogs, compacted as Faust would create them.
+    assert changelogs == {
+        f"{app_id}-dedupe-changelog": {"cleanup.policy": "compact"},
+        f"{app_id}-held-changelog": {"cleanup.policy": "compact"},
+    }
 
-    created = await ensure_topics(config)
+    created = await ensure_topics(config, extra=changelogs)
 
-    assert sorted(created) == sorted(project_topics(config))
-    # A consumer group that rebalances right now must see every partition: a topic missing
-    # from the metadata at that moment would stay unassigned until the next refresh.
+    assert sorted(created) == sorted([*project_topics(config), *changelogs])
+    # A consumer group that rebalances right now must see every partition, and a table write
+    # must find its changelog's partitions: a topic missing from the metadata at that moment
+    # is left unassigned, or fails the write with PartitionsMismatch.
     admin = admin_client(config, "test")
     await admin.start()
     try:
         described = {topic["topic"]: topic for topic in await admin.describe_topics(created)}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in changelogs]
+        answers = await admin.describe_configs(resources)
     finally:
         await admin.close()
     for name in created:
@@ -38,8 +50,14 @@ async def test_topics_have_a_leader_for_every_partition_when_ensure_topics_retur
         assert topic["error_code"] == 0, name
         assert sorted(part["partition"] for part in topic["partitions"]) == list(range(6)), name
         assert all(part["leader"] >= 0 for part in topic["partitions"]), name
+    policies = {
+        resource[3]: {entry[0]: entry[1] for entry in resource[4]}["cleanup.policy"]
+        for answer in answers
+        for resource in answer.resources
+    }
+    assert policies == dict.fromkeys(changelogs, "compact")
     # A second call finds them and creates nothing.
-    assert await ensure_topics(config) == []
+    assert await ensure_topics(config, extra=changelogs) == []
 
 
 def test_the_worker_refreshes_metadata_as_configured(tmp_path: Path) -> None:
