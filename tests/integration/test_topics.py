@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client import CollectorRegistry
 
@@ -65,3 +69,23 @@ def test_the_worker_refreshes_metadata_as_configured(tmp_path: Path) -> None:
     tree["kafka"]["metadata_max_age_seconds"] = 7
     app = create_app(parse(tree), CollectorRegistry())
     assert app.conf.consumer_metadata_max_age_ms == 7000
+
+
+def test_topics_create_makes_the_worker_changelogs_too(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    tree = stack_config(tmp_path, kafka_bootstrap, "token")
+    config = parse(tree)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    env = {key: value for key, value in os.environ.items() if key != "KAFKA_BOOTSTRAP"}
+    command = [sys.executable, "-m", "forwarder", "topics", "create", "--config", str(path)]
+
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    assert first.returncode == 0, first.stderr
+    changelog = f"{config.worker.app_id}-dedupe-changelog"
+    assert f"{changelog}: created" in first.stdout.splitlines()
+    assert f"{config.topics.raw}: created" in first.stdout.splitlines()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert f"{changelog}: exists" in again.stdout.splitlines()
