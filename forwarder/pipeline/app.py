@@ -431,7 +431,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 await send_flush_ticks(due, TICK_FLUSH_NOW)
                 while waiting and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
-                    waiting &= {key for key, _ in list(held.items())}
+                    waiting = {key for key in waiting if key in held}
                 if waiting:
                     log.warning(
                         "held windows left for the next owner",
