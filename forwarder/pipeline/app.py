@@ -45,12 +45,26 @@ _CARRIED_HEADERS = (
 )
 
 
+class _App(faust.App):
+    """Faust's app, also telling its sensor when an agent crashed.
+
+    Faust passes its own error callback to every agent (the consumer's `on_task_error`), so
+    an agent's `on_error` cannot be set: the app's callback is extended instead.
+    """
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        monitor = self.monitor
+        if isinstance(monitor, FaustSensor):
+            await monitor.on_agent_error(agent, exc)
+        await super()._on_agent_error(agent, exc)
+
+
 def new_faust_app(
     config: Config, app_id: str, *, role: str, store: str, datadir: Path
 ) -> faust.App:
     """A Faust app (and consumer group `app_id`) with the settings every app here shares."""
     refuse_stale_acks()
-    app = faust.App(
+    app = _App(
         app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
         broker_client_id=f"{config.kafka.client_id}-{role}",

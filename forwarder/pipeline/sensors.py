@@ -83,6 +83,13 @@ class FaustMetrics:
             ["app"],
             registry=registry,
         )
+        self.agent_crashes = Counter(
+            "aha_siem_faust_agent_crashes_total",
+            "Agents that raised and were restarted by Faust's supervisor, by app. Their unacked "
+            "messages are read again, so nothing is lost, but a rising count is a bug to report.",
+            ["app"],
+            registry=registry,
+        )
 
 
 # Several Faust apps in one process may share one registry; a family can be registered only once.
@@ -117,6 +124,7 @@ class FaustSensor(Monitor):
         self._rebalances = family.rebalances.labels(app)
         self._rebalance_duration = family.rebalance_duration.labels(app)
         self._send_errors = family.send_errors.labels(app)
+        self._agent_crashes = family.agent_crashes.labels(app)
         # Where each partition's lag is measured from: the offset committed by this consumer,
         # else the first offset read since the partition was assigned (reading starts at the
         # group's committed offset, so until the first commit that is the same position).
@@ -124,6 +132,15 @@ class FaustSensor(Monitor):
         self._first_read: dict[TP, int] = {}
         self._lag_series: set[TP] = set()
         self._warned_not_monitor = False
+
+    async def on_agent_error(self, agent: Any, error: BaseException) -> None:
+        """An agent's `on_error`: count the crash and log it with the agent's name."""
+        self._agent_crashes.inc()
+        log.error(
+            "agent crashed; Faust restarts it and its unacked messages are read again",
+            extra={"app": self.role, "agent": getattr(agent, "name", str(agent))},
+            exc_info=error,
+        )
 
     def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
         """Count a message delivered to the streams and remember where reading started."""

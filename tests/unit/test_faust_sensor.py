@@ -200,3 +200,46 @@ def test_it_installs_as_the_apps_monitor_and_warns_when_it_is_not(
     assert [record.message for record in caplog.records].count(
         "Faust sensor is not the app's monitor: lag is measured from read offsets"
     ) == 1
+
+
+async def test_an_agent_crash_is_counted_and_logged_with_its_traceback(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, sensor, _, _ = setup
+    assert value(registry, "aha_siem_faust_agent_crashes_total", app="worker") == 0
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as error:
+        with caplog.at_level(logging.ERROR, logger="forwarder.sensors"):
+            await sensor.on_agent_error(FakeAgent("normalize"), error)
+    assert value(registry, "aha_siem_faust_agent_crashes_total", app="worker") == 1
+    (record,) = caplog.records
+    assert record.agent == "normalize"
+    assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+
+
+async def test_the_worker_and_sink_apps_report_their_agents_crashes(tmp_path: Any) -> None:
+    from forwarder.config import parse
+    from forwarder.pipeline.app import create_app
+    from forwarder.pipeline.sink_app import create_sink_app
+
+    config = parse(
+        {
+            "worker": {"data_dir": str(tmp_path)},
+            "sinks": [{"type": "file", "name": "file", "path": str(tmp_path / "out.ndjson")}],
+        }
+    )
+    worker_registry, sink_registry = CollectorRegistry(), CollectorRegistry()
+    for role, app, registry in (
+        ("normalize", create_app(config, worker_registry), worker_registry),
+        ("sink-file", create_sink_app(config, config.sinks[0], sink_registry), sink_registry),
+    ):
+        (agent,) = app.agents.values()
+        # The callback Faust gives each agent; the consumer is not started here.
+        await agent._on_error(agent, RuntimeError("boom"))
+        assert value(registry, "aha_siem_faust_agent_crashes_total", app=role) == 1, role
+
+
+@dataclass
+class FakeAgent:
+    name: str
