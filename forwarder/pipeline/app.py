@@ -78,6 +78,9 @@ def new_faust_app(
         # A topic missing from the metadata at a rebalance is left unassigned until the next
         # refresh (Faust's assignor skips it): refresh often enough for that to heal quickly.
         consumer_metadata_max_age_ms=int(config.kafka.metadata_max_age_seconds * 1000),
+        # No leader election (nothing here runs `on_leader`): no `__assignor-__leader` topic,
+        # which Faust would create at start-up, a moment before the group's first rebalance.
+        topic_disable_leader=True,
         producer_acks=-1,
         # Do not wait at a rebalance or shutdown for in-flight events to be acked: a sink that
         # cannot deliver would hold the whole group. Un-acked events are consumed again by the

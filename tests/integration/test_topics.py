@@ -89,3 +89,9 @@ def test_topics_create_makes_the_worker_changelogs_too(
     assert f"{config.topics.raw}: created" in first.stdout.splitlines()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert f"{changelog}: exists" in again.stdout.splitlines()
+
+
+def test_the_apps_need_no_leader_topic(tmp_path: Path) -> None:
+    # Every topic a worker uses exists before Faust starts; a leader topic would not.
+    config = parse(stack_config(tmp_path, "127.0.0.1:9", "token"))
+    assert create_app(config, CollectorRegistry()).conf.topic_disable_leader
