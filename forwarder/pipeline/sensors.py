@@ -134,7 +134,7 @@ class FaustSensor(Monitor):
         self._warned_not_monitor = False
 
     async def on_agent_error(self, agent: Any, error: BaseException) -> None:
-        """An agent's `on_error`: count the crash and log it with the agent's name."""
+        """Count an agent's crash and log it (called from the app's agent error callback)."""
         self._agent_crashes.inc()
         log.error(
             "agent crashed; Faust restarts it and its unacked messages are read again",
