@@ -56,7 +56,7 @@ async def ensure_topics(
     partition. Retries while the cluster is still coming up.
     """
     extra = extra or {}
-    wanted = project_topics(config) + [name for name in extra if name not in project_topics(config)]
+    wanted = list(dict.fromkeys([*project_topics(config), *extra]))
     deadline = time.monotonic() + timeout
     while True:
         admin = admin_client(config, "admin")

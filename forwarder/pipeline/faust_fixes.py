@@ -1,6 +1,6 @@
 """Fixes to faust-streaming's consumer that at-least-once delivery depends on.
 
-Faust commits, per partition, the end of the first run of consecutive acked offsets. Three of
+Faust commits, per partition, the end of the first run of consecutive acked offsets. Four of
 its behaviours let it commit past a message nobody processed (seen as lost records in the
 rebalance and SIGKILL tests, docs/decisions/0007-stale-generation-acks.md):
 
@@ -16,10 +16,10 @@ rebalance and SIGKILL tests, docs/decisions/0007-stale-generation-acks.md):
 
 The patches: acks of earlier-generation messages are refused (the partition's current owner
 reads them again); a partition is committed only from its committed offset on, without holes,
-and a partition with none starts from its earliest offset; gaps are not recorded. A message dropped on the way to the streams then holds its partition's
-commits back instead of being skipped, and `reread_holes` (run by a timer in every app) seeks
-such a partition back to its committed offset so the message is read again: a few duplicates,
-never a loss.
+and a partition with none starts from its earliest offset; gaps are not recorded. A message
+dropped on the way to the streams then holds its partition's commits back instead of being
+skipped, and `reread_holes` (run by a timer in every app) seeks such a partition back to its
+committed offset so the message is read again: a few duplicates, never a loss.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ from faust.transport.consumer import Consumer
 log = logging.getLogger("forwarder.faust")
 
 _PATCHED = "_aha_siem_patched"
+
+
+def _has_hole(acked: Any, committed: int | None) -> bool:
+    """Later offsets are acked while the message at the committed offset is not."""
+    return bool(acked) and committed is not None and min(acked) > committed
 
 
 def refuse_stale_acks() -> None:
@@ -51,10 +56,8 @@ def refuse_stale_acks() -> None:
         return bool(original_ack(self, message))
 
     def _new_offset(self: Consumer, tp: Any) -> int | None:
-        acked = self._acked[tp]
-        committed = self._committed_offset[tp]
-        if acked and committed is not None and min(acked) > committed:
-            return None  # the message at `committed` is not processed yet
+        if _has_hole(self._acked[tp], self._committed_offset[tp]):
+            return None  # the message at the committed offset is not processed yet
         result: int | None = original_new_offset(self, tp)
         return result
 
@@ -116,9 +119,8 @@ class HoleWatch:
         except Exception:  # not started or stopping: nothing to check
             return []
         for tp in assigned:
-            acked = consumer._acked.get(tp)
             committed = consumer._committed_offset.get(tp)
-            if not acked or committed is None or min(acked) <= committed:
+            if not _has_hole(consumer._acked.get(tp), committed):
                 self._since.pop(tp, None)
                 continue
             first, since = self._since.get(tp, (committed, now))
