@@ -139,11 +139,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_pair(raw: str) -> tuple[int, int]:
+    listen, sep, advertised = raw.partition(":")
+    if not sep or not listen.isdigit() or not advertised.isdigit():
+        raise argparse.ArgumentTypeError(f"expected LISTEN:ADVERTISED ports, got {raw!r}")
+    return int(listen), int(advertised)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from forwarder import devbroker
 
     if args.action == "start":
-        info = devbroker.start(args.state_dir, port=args.port, kind=args.kind)
+        info = devbroker.start(
+            args.state_dir, port=args.port, kind=args.kind, proxied=args.proxied_listener
+        )
         print(
             f"ready {info.kind} {info.bootstrap}"
             + (f" (log: {info.log_file})" if info.log_file else "")
@@ -281,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--state-dir", type=Path, default=Path(".run/kafka"))
     broker.add_argument("--port", type=int, default=9092)
     broker.add_argument("--kind", choices=["auto", "kafka", "tansu"], default="auto")
+    broker.add_argument(
+        "--proxied-listener",
+        type=_port_pair,
+        metavar="LISTEN:ADVERTISED",
+        help="a second listener on port LISTEN whose metadata names port ADVERTISED, for a proxy "
+        "there (fault-injection tests: clients bootstrapped through it stay on the proxy)",
+    )
     broker.set_defaults(func=cmd_broker)
     return parser
 

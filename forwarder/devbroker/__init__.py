@@ -74,11 +74,14 @@ def start(
     kind: str = "auto",
     timeout: float = 120.0,
     controller_port: int | None = None,
+    proxied: tuple[int, int] | None = None,
 ) -> BrokerInfo:
     """Return a ready broker, starting one detached in ``state_dir`` when needed.
 
     Idempotent: a broker this module started for ``state_dir`` that is still alive is
     reused. ``KAFKA_BOOTSTRAP`` skips starting and only waits for that cluster.
+    ``proxied`` (Apache Kafka only): (listen port, advertised port) of a second listener meant
+    to sit behind a proxy on the advertised port (see ``kafka.properties``).
     """
     if kind not in KINDS:
         raise BrokerError(f"unknown broker kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -95,7 +98,11 @@ def start(
             return _reuse(state_dir, running, port=port, kind=kind, timeout=timeout)
 
         chosen = _choose_kind(kind)
+        if proxied is not None and chosen != "kafka":
+            raise BrokerError("a proxied listener needs Apache Kafka (--kind kafka)")
         ports = [port] if chosen == "tansu" else [port, controller_port or port + 1]
+        if proxied is not None:
+            ports.append(proxied[0])
         for p in ports:
             if port_in_use(p):
                 raise BrokerError(
@@ -104,7 +111,7 @@ def start(
                 )
         try:
             if chosen == "kafka":
-                cmd, log_file = _kafka.prepare(state_dir, ports[0], ports[1])
+                cmd, log_file = _kafka.prepare(state_dir, ports[0], ports[1], proxied)
                 console = state_dir / "kafka" / "console.log"
             else:
                 cmd = _tansu.command(port)

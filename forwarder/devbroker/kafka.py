@@ -112,17 +112,34 @@ def random_cluster_id() -> str:
             return text
 
 
-def properties(state_dir: Path, port: int, controller_port: int) -> dict[str, str]:
-    """The broker+controller configuration of one dev node."""
+def properties(
+    state_dir: Path,
+    port: int,
+    controller_port: int,
+    proxied: tuple[int, int] | None = None,
+) -> dict[str, str]:
+    """The broker+controller configuration of one dev node.
+
+    ``proxied`` is (listen port, advertised port): a second plaintext listener whose metadata
+    names another port, so a client bootstrapped through a proxy on that port keeps every later
+    connection on the proxy (Kafka answers with the address of the listener it was asked on).
+    """
     data = (state_dir / "data").resolve()
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    if proxied is not None:
+        listeners.append(f"PROXIED://127.0.0.1:{proxied[0]}")
+        advertised.append(f"PROXIED://127.0.0.1:{proxied[1]}")
+        protocols.append("PROXIED:PLAINTEXT")
     return {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data),
         "num.partitions": "8",
@@ -213,7 +230,9 @@ def java_command(
     ]
 
 
-def prepare(state_dir: Path, port: int, controller_port: int) -> tuple[list[str], Path]:
+def prepare(
+    state_dir: Path, port: int, controller_port: int, proxied: tuple[int, int] | None = None
+) -> tuple[list[str], Path]:
     """Fetch jars, write configs, format storage once; return (broker command, log file)."""
     libs = ensure_libs()
     conf_dir = state_dir / "kafka"
@@ -221,7 +240,7 @@ def prepare(state_dir: Path, port: int, controller_port: int) -> tuple[list[str]
     props_file = conf_dir / "server.properties"
     log4j_file = conf_dir / "log4j2.properties"
     log_file = conf_dir / "server.log"
-    props_file.write_text(render_properties(properties(state_dir, port, controller_port)))
+    props_file.write_text(render_properties(properties(state_dir, port, controller_port, proxied)))
     log4j_file.write_text(log4j2_config(log_file))
 
     data = state_dir / "data"
