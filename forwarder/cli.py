@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(create)
     create.set_defaults(func=cmd_topics_create)
 
+    from forwarder.ingest.quarantine import add_parser as add_spool_parser
+
+    add_spool_parser(commands, _config_arg)
+
     from forwarder.formats import format_names
 
     render = commands.add_parser(

@@ -62,6 +62,9 @@ class KafkaConfig(_Model):
     """Idempotent producers (no duplicates from retries); off only for brokers without it (Tansu)."""
     session_timeout_seconds: float = Field(default=30.0, gt=1)
     """Consumer group session timeout of the worker: how fast a dead worker's partitions move."""
+    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    """Largest record the producers send (their max_request_size); the raw and invalid topics
+    are created with this max.message.bytes. Must hold ingest.max_body_bytes with its headers."""
     metadata_max_age_seconds: float = Field(default=30.0, gt=0, le=3600)
     """How often consumers refresh cluster metadata: how soon a topic created or grown after a
     worker joined (new partitions, a topic missing at its first rebalance) is consumed."""
@@ -142,7 +145,12 @@ class IngestConfig(_Model):
     tokens: tuple[TokenConfig, ...] = ()
     """Accepted webhook tokens; Aha!'s Hook URL is https://HOST/v1/aha/TOKEN."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    """Larger bodies (after gzip decoding) are answered 413."""
+    """Larger bodies (after gzip decoding) are answered 413; so is a body that, with its key and
+    headers, is larger than the raw topic's max.message.bytes or kafka.max_request_bytes."""
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Request line and headers larger than this are answered 431."""
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    """Requests with more header fields than this are answered 431."""
     produce_timeout_seconds: float = Field(default=1.0, gt=0, lt=4)
     """Longest wait for the Kafka ack before the body goes to the spool; Aha! gives up after 5 s."""
     allowed_cidrs: tuple[IPvAnyNetwork, ...] = ()
@@ -245,6 +253,20 @@ class Config(_Model):
     """Options of the output formats (CEF severities, LEEF delimiter, syslog framing)."""
     aha: AhaConfig = AhaConfig()
     """Aha! REST API accounts for `aha-siem backfill` and `aha-siem reconcile`."""
+
+    @model_validator(mode="after")
+    def _body_fits_kafka(self) -> Config:
+        from forwarder.records import max_record_bytes
+
+        largest = max_record_bytes(self.ingest.max_body_bytes)
+        if largest > self.kafka.max_request_bytes:
+            raise ValueError(
+                f"ingest.max_body_bytes: {self.ingest.max_body_bytes} bytes of body make Kafka "
+                f"records of up to {largest} bytes with key and headers, more than "
+                f"kafka.max_request_bytes ({self.kafka.max_request_bytes}); lower "
+                "ingest.max_body_bytes or raise kafka.max_request_bytes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_sinks(self) -> Config:

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from forwarder.aiokafka_compat import abandon_producer
 from forwarder.config import Config
 
 log = logging.getLogger("forwarder.kafka")
@@ -55,7 +57,10 @@ async def ensure_topics(
     Returns the names that were created, once every wanted topic has a leader for each
     partition. Retries while the cluster is still coming up.
     """
-    extra = extra or {}
+    # The project's topics take records as large as its producers send (bodies up to
+    # ingest.max_body_bytes with their key and headers, events cut to fit).
+    sized = {"max.message.bytes": str(config.kafka.max_request_bytes)}
+    extra = {**{name: sized for name in project_topics(config)}, **(extra or {})}
     wanted = list(dict.fromkeys([*project_topics(config), *extra]))
     deadline = time.monotonic() + timeout
     while True:
@@ -111,6 +116,28 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], deadl
         await asyncio.sleep(0.2)
 
 
+async def max_message_bytes(config: Config, topics: list[str]) -> dict[str, int]:
+    """Each topic's max.message.bytes as the cluster reports it (topics it cannot tell: absent)."""
+    admin = admin_client(config, "admin")
+    try:
+        await admin.start()
+        wanted = {"max.message.bytes": None}
+        answers = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, wanted) for topic in topics]
+        )
+    finally:
+        await admin.close()
+    limits: dict[str, int] = {}
+    for answer in answers:
+        for resource in answer.to_object()["resources"]:
+            if resource["error_code"] != 0:
+                continue
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == "max.message.bytes" and entry["config_value"]:
+                    limits[resource["resource_name"]] = int(entry["config_value"])
+    return limits
+
+
 class KafkaBodyProducer:
     """Idempotent, acks=all producer: `send` returns once the brokers have the record."""
 
@@ -119,17 +146,27 @@ class KafkaBodyProducer:
         self._role = role
         self._producer: AIOKafkaProducer | None = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._limits: dict[str, int] = {}
 
     async def start(self) -> None:
         """Connect; creates the project's topics first if they are missing. Raises when unreachable."""
-        await ensure_topics(self._config, timeout=self._config.kafka.request_timeout_seconds)
+        config = self._config
+        await ensure_topics(config, timeout=config.kafka.request_timeout_seconds)
+        try:
+            self._limits = await max_message_bytes(
+                config, [config.topics.raw, config.topics.invalid]
+            )
+        except Exception as error:
+            # Not fatal: a record the topic refuses after all is quarantined by the drain.
+            log.warning("topic limits unknown", extra={"error": type(error).__name__})
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._config.kafka.bootstrap_servers,
-            client_id=f"{self._config.kafka.client_id}-{self._role}",
-            enable_idempotence=self._config.kafka.idempotent_producer,
+            bootstrap_servers=config.kafka.bootstrap_servers,
+            client_id=f"{config.kafka.client_id}-{self._role}",
+            enable_idempotence=config.kafka.idempotent_producer,
             acks="all",
             linger_ms=2,
-            request_timeout_ms=int(self._config.kafka.request_timeout_seconds * 1000),
+            max_request_size=config.kafka.max_request_bytes,
+            request_timeout_ms=int(config.kafka.request_timeout_seconds * 1000),
         )
         try:
             await self._producer.start()
@@ -138,11 +175,31 @@ class KafkaBodyProducer:
             self._producer = None
             raise
 
+    def max_record_bytes(self, topic: str) -> int:
+        """The largest record (as `records.record_bytes` counts it) `topic` takes from us."""
+        limit = self._config.kafka.max_request_bytes
+        return min(limit, self._limits.get(topic, limit))
+
     async def stop(self) -> None:
         """Flush what is in flight and disconnect."""
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    async def recreate(self) -> None:
+        """Drop this client (its idempotence state: producer id, epoch, sequences) and connect anew.
+
+        What the old client still holds fails instead of being flushed: the caller sends it
+        again (the spool keeps its records until they are acknowledged).
+        """
+        old, self._producer = self._producer, None
+        self._ready_cache = (0.0, False)
+        if old is not None:
+            try:
+                await abandon_producer(old)
+            except Exception as error:
+                log.warning("old producer did not close cleanly", extra={"error": repr(error)})
+        await self.start()
 
     async def send(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]

@@ -45,6 +45,12 @@ class IngestMetrics:
             ["reason"],
             registry=registry,
         )
+        self.invalid_truncated = Counter(
+            "aha_siem_ingest_invalid_truncated_total",
+            "Invalid bodies too large for Kafka, kept in the invalid topic cut to fit (header "
+            "truncated-from gives the size they had).",
+            registry=registry,
+        )
         self.produce_duration = Histogram(
             "aha_siem_ingest_kafka_produce_duration_seconds",
             "Time until Kafka acknowledged a produced body, by topic.",
@@ -56,6 +62,19 @@ class IngestMetrics:
             "aha_siem_ingest_kafka_produce_errors_total",
             "Produces Kafka did not acknowledge in time (the body went to the spool), by topic.",
             ["topic"],
+            registry=registry,
+        )
+        self.produce_failures = Counter(
+            "aha_siem_ingest_kafka_produce_failures_total",
+            "Failed produces (direct or spool drain), by topic and failure class: transient, "
+            "client_broken, record, destination.",
+            ["topic", "failure"],
+            registry=registry,
+        )
+        self.producer_recreated = Counter(
+            "aha_siem_ingest_kafka_producer_recreated_total",
+            "Times the producer was replaced by a new one because its state was broken "
+            "(idempotent sequence or epoch out of step, fenced).",
             registry=registry,
         )
 
@@ -94,6 +113,18 @@ class SpoolMetrics:
             "Bytes skipped when opening the spool: torn tails of interrupted writes.",
             registry=registry,
         )
+        self.quarantined = Counter(
+            "aha_siem_ingest_spool_quarantined_total",
+            "Spooled records Kafka refused for good, set aside in the quarantine, by topic and "
+            "Kafka error.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.quarantine_records = Gauge(
+            "aha_siem_ingest_spool_quarantine_records",
+            "Records in the spool's quarantine (`aha-siem spool quarantine list` shows them).",
+            registry=registry,
+        )
 
 
 class WorkerMetrics:
@@ -126,6 +157,18 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "aha_siem_worker_rebalances_total",
             "Consumer group rebalances this worker took part in.",
+            registry=registry,
+        )
+        self.events_truncated = Counter(
+            "aha_siem_worker_events_truncated_total",
+            "Events too large for the events topic, shipped with event.original dropped and "
+            "long texts cut (tag aha_siem_truncated; the raw topic keeps the whole body).",
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            "aha_siem_worker_events_dropped_total",
+            "Events Kafka refused for good and that could not be cut to fit, by reason.",
+            ["reason"],
             registry=registry,
         )
         self.dedupe_dropped = Counter(
@@ -190,8 +233,16 @@ class SinkMetrics:
         )
         self.sink_dead_lettered = Counter(
             "aha_siem_sink_dead_lettered_total",
-            "Events sent to the sink's dead-letter topic, by sink and reason (rejected, retries_exhausted, encode).",
+            "Events sent to the sink's dead-letter topic, by sink and reason (rejected, "
+            "retries_exhausted, unrecognized_answer, encode).",
             ["sink", "reason"],
+            registry=registry,
+        )
+        self.sink_unrecognized = Counter(
+            "aha_siem_sink_unrecognized_answers_total",
+            "Answers of the destination the sink could not interpret (each retried a bounded "
+            "number of times, then dead-lettered), by sink.",
+            ["sink"],
             registry=registry,
         )
         self.sink_batch_duration = Histogram(

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from forwarder import logs, records
 from forwarder.config import Config, TokenConfig
+from forwarder.ingest.durable import RecordTooLarge
 from forwarder.ingest.guards import KeyedRateLimiter, allowed, client_address
 from forwarder.ingest.spool import SpoolFull
 from forwarder.metrics import IngestMetrics
@@ -298,7 +299,7 @@ class IngestApp:
         headers = {
             records.HEADER_RECEIVED_AT: records.utc_now_iso(),
             records.HEADER_SOURCE: "webhook",
-            records.HEADER_SOURCE_IP: client,
+            records.HEADER_SOURCE_IP: client[:64],
             records.HEADER_TOKEN_ID: token.name,
             records.HEADER_REQUEST_ID: request_id,
         }
@@ -322,6 +323,17 @@ class IngestApp:
     async def _write(self, topic: str, body: bytes, key: bytes, headers: dict[str, str]) -> None:
         try:
             await self._writer.write(topic, body, key, records.encode_headers(headers))
+        except RecordTooLarge as error:
+            # Answered before anything is stored: a 202 would promise a record Kafka refuses.
+            log.warning(
+                "body too large for Kafka", extra={"bytes": len(body), "detail": str(error)}
+            )
+            raise Rejected(
+                413,
+                "too_large",
+                f"body of {len(body)} bytes is too large for Kafka with its headers "
+                f"(record limit {error.limit} bytes)",
+            ) from None
         except SpoolFull as error:
             log.error("spool full, refusing webhook", extra={"detail": str(error)})
             raise Rejected(
@@ -342,14 +354,18 @@ class IngestApp:
         if not self._invalid_budget.consume("", self._clock()):
             self.metrics.invalid_dropped.labels("rate_limited").inc()
             return
-        headers = {**headers, records.HEADER_ERROR: error}
+        error_bytes = error.encode()[: records.MAX_ERROR_BYTES].decode("utf-8", "ignore")
+        headers = {**headers, records.HEADER_ERROR: error_bytes}
+        topic, key = self._config.topics.invalid, body_sha256.encode()
         try:
-            await self._writer.write(
-                self._config.topics.invalid,
-                body,
-                body_sha256.encode(),
-                records.encode_headers(headers),
-            )
+            try:
+                await self._writer.write(topic, body, key, records.encode_headers(headers))
+            except RecordTooLarge as too_large:
+                # Kept for forensics as its first bytes, with the size it had.
+                kept = body[: max(0, len(body) - (too_large.size - too_large.limit) - 64)]
+                headers[records.HEADER_TRUNCATED_FROM] = str(len(body))
+                await self._writer.write(topic, kept, key, records.encode_headers(headers))
+                self.metrics.invalid_truncated.inc()
         except Exception as failure:
             self.metrics.invalid_dropped.labels("not_stored").inc()
             log.warning("invalid body not kept", extra={"error": type(failure).__name__})

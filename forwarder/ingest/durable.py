@@ -8,6 +8,8 @@ import logging
 import time
 from typing import Protocol
 
+from forwarder import records
+from forwarder.failures import Failure, classify_kafka
 from forwarder.ingest.spool import Spool, SpoolRecord
 from forwarder.metrics import IngestMetrics
 
@@ -33,6 +35,27 @@ class Producer(Protocol):
     ) -> None: ...
 
     async def ready(self) -> bool: ...
+
+    async def recreate(self) -> None: ...
+
+    def max_record_bytes(self, topic: str) -> int: ...
+
+
+class RecordTooLarge(Exception):
+    """Kafka cannot take this record: with its key and headers it exceeds the topic's limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"record of {size} bytes exceeds the {limit} bytes Kafka takes")
+        self.size = size
+        self.limit = limit
+
+
+_SIZE_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError", "RecordTooLargeError")
+
+
+def _refused(error: BaseException) -> str | None:
+    """The reason Kafka refuses a record for good (it goes to the quarantine), or None."""
+    return type(error).__name__ if classify_kafka(error) is Failure.RECORD else None
 
 
 class DurableWriter:
@@ -98,7 +121,15 @@ class DurableWriter:
     async def write(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
     ) -> str:
-        """Make one record durable; returns where ("kafka" or "spool"). Raises SpoolFull."""
+        """Make one record durable; returns where ("kafka" or "spool").
+
+        Raises RecordTooLarge for a record Kafka cannot take (before anything is stored) and
+        SpoolFull when Kafka is behind and the spool cannot take it.
+        """
+        size = records.record_bytes(key, value, headers)
+        limit = self._producer.max_record_bytes(topic)
+        if size > limit:
+            raise RecordTooLarge(size, limit)
         if self._direct:
             started = time.perf_counter()
             try:
@@ -106,12 +137,22 @@ class DurableWriter:
                 async with asyncio.timeout(self._timeout):
                     await self._producer.send(topic, value, key, headers)
             except Exception as error:
+                failure = classify_kafka(error)
+                self._metrics.produce_failures.labels(topic, failure.value).inc()
+                if failure is Failure.RECORD and type(error).__name__ in _SIZE_ERRORS:
+                    # The topic's limit is lower than we knew: refuse it, as any other too big.
+                    raise RecordTooLarge(size, limit) from error
                 # Everything after this goes through the spool until it is drained, to keep order.
                 self._direct = False
                 self._metrics.produce_errors.labels(topic).inc()
                 log.warning(
                     "kafka produce failed or slow, spooling",
-                    extra={"topic": topic, "error": type(error).__name__, "detail": str(error)},
+                    extra={
+                        "topic": topic,
+                        "failure": failure.value,
+                        "error.type": type(error).__name__,
+                        "error.message": str(error),
+                    },
                 )
             else:
                 self._metrics.produce_duration.labels(topic).observe(time.perf_counter() - started)
@@ -164,16 +205,41 @@ class DurableWriter:
                 attempt += 1
                 continue
             try:
-                drained = await self._spool.drain(self._send_spooled)
+                drained = await self._spool.drain(self._send_spooled, refused=_refused)
             except Exception as error:
-                delay = _backoff(attempt)
                 attempt += 1
-                log.warning(
-                    "spool drain interrupted",
-                    extra={"error": type(error).__name__, "detail": str(error), "retry_in": delay},
-                )
-                await asyncio.sleep(delay)
+                await self._after_drain_failure(error, attempt)
                 continue
             attempt = 0
             if drained:
                 log.info("spool drained", extra={"records": drained})
+
+    async def _after_drain_failure(self, error: Exception, attempt: int) -> None:
+        """Act on the class of the failure that stopped the drain (docs/decisions/0008)."""
+        failure = classify_kafka(error)
+        delay = _backoff(attempt - 1)
+        fields = {
+            "failure": failure.value,
+            "error.type": type(error).__name__,
+            "error.message": str(error),
+            "retry_in": delay,
+        }
+        self._metrics.produce_failures.labels("spool", failure.value).inc()
+        if failure is Failure.CLIENT_BROKEN:
+            # Retrying the same idempotent producer repeats the same error for ever.
+            log.warning("spool drain: producer state broken, replacing the producer", extra=fields)
+            self._metrics.producer_recreated.inc()
+            try:
+                await self._producer.recreate()
+            except Exception as reconnect:
+                log.warning(
+                    "new producer could not connect",
+                    extra={"error.type": type(reconnect).__name__, "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+            return
+        if failure is Failure.DESTINATION:
+            log.error("spool drain: Kafka refuses this client; records wait", extra=fields)
+        else:
+            log.warning("spool drain interrupted", extra=fields)
+        await asyncio.sleep(delay)

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -42,6 +43,11 @@ _CURSOR_TMP = "cursor.tmp"
 _LOCK_NAME = "lock"
 SEGMENT_SUFFIX = ".spool"
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.spool$")
+
+QUARANTINE_DIR = "quarantine"
+QUARANTINE_SUFFIX = ".record"
+HEADER_QUARANTINE_ERROR = "quarantine-error"
+HEADER_QUARANTINED_AT = "quarantined-at"
 
 _READ_CHUNK = 1024 * 1024
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -263,6 +269,9 @@ class Spool:
         self._io_lock = asyncio.Lock()
         self._drain_lock = asyncio.Lock()
         self._known_corrupt: set[tuple[int, int]] = set()
+        # Records past the cursor Kafka already acknowledged while one before them failed: the
+        # next drain passes them without sending them again.
+        self._acked_ahead: set[tuple[int, int]] = set()
         self._lock_fd: int | None = None
         self._full = False
         self._closed = False
@@ -312,6 +321,7 @@ class Spool:
         if self._metrics is not None:
             self._metrics.corrupt_bytes.inc(corrupt)
             self._metrics.full.set(0)
+        self._acked_ahead.clear()
         self._update_gauges()
         return RecoveryReport(
             segments=len(self._segments),
@@ -392,10 +402,16 @@ class Spool:
         """No undrained records and no append in progress."""
         return not self._queue and self._queued_bytes == 0 and self.pending_records == 0
 
+    @property
+    def quarantine_directory(self) -> Path:
+        """Folder of the records Kafka refused for good (one file each)."""
+        return self._directory / QUARANTINE_DIR
+
     def _update_gauges(self) -> None:
         if self._metrics is not None:
             self._metrics.depth_records.set(self.pending_records)
             self._metrics.depth_bytes.set(sum(s.size for s in self._segments.values()))
+            self._metrics.quarantine_records.set(len(quarantined_paths(self._directory)))
 
     def _set_full(self, full: bool) -> None:
         self._full = full
@@ -538,9 +554,18 @@ class Spool:
     # -- draining -----------------------------------------------------------------------
 
     async def drain(
-        self, send: Callable[[SpoolRecord], Awaitable[None]], *, batch: int = 256
+        self,
+        send: Callable[[SpoolRecord], Awaitable[None]],
+        *,
+        refused: Callable[[BaseException], str | None] | None = None,
+        batch: int = 256,
     ) -> int:
-        """Send undrained records in spool order until the spool is empty; returns how many."""
+        """Send undrained records in spool order until the spool is empty; returns how many.
+
+        `refused(error)` names the reason when Kafka refuses a record for good: that record is
+        moved to the quarantine and the drain goes on. Any other failure stops the drain and is
+        raised; records after it that Kafka acknowledged are not sent again by the next drain.
+        """
         if batch < 1:
             raise ValueError("batch must be at least 1")
         sent = 0
@@ -560,28 +585,82 @@ class Spool:
                     # A write that held the lock may have kept the last _advance from retiring it.
                     await self._retire()
                     return sent
+                to_send = [
+                    item for item in records if (item.segment, item.end) not in self._acked_ahead
+                ]
                 # Started in spool order; the idempotent producer keeps that order per partition.
                 results = await asyncio.gather(
-                    *(send(item.record) for item in records), return_exceptions=True
+                    *(send(item.record) for item in to_send), return_exceptions=True
                 )
-                failure = next(
-                    (i for i, result in enumerate(results) if isinstance(result, BaseException)),
-                    None,
-                )
-                acked = records if failure is None else records[:failure]
-                if failure is None:
+                failed: dict[tuple[int, int], BaseException] = {}
+                for item, result in zip(to_send, results, strict=True):
+                    position = (item.segment, item.end)
+                    if not isinstance(result, BaseException):
+                        self._acked_ahead.add(position)
+                        sent += 1
+                        continue
+                    reason = refused(result) if refused is not None else None
+                    if reason is None:
+                        failed[position] = result
+                        continue
+                    await asyncio.to_thread(self._quarantine, item, result, reason)
+                    self._acked_ahead.add(position)
+                # The cursor moves over the records done (acknowledged or quarantined) up to the
+                # first that failed; those done after it are remembered, not sent again.
+                done: list[_Drained] = []
+                for item in records:
+                    if (item.segment, item.end) in failed:
+                        break
+                    done.append(item)
+                if not failed:
                     cursor = scanned_to
-                elif acked:
-                    cursor = (acked[-1].segment, acked[-1].end)
+                elif done:
+                    cursor = (done[-1].segment, done[-1].end)
                 else:
                     cursor = self._cursor
                 if cursor != self._cursor:
-                    await self._advance(cursor, acked)
-                    sent += len(acked)
-                if failure is not None:
-                    error = results[failure]
-                    assert isinstance(error, BaseException)
-                    raise error
+                    await self._advance(cursor, done)
+                if failed:
+                    raise next(iter(failed.values()))
+
+    def _quarantine(self, item: _Drained, error: BaseException, reason: str) -> None:
+        """Move one record Kafka refused for good out of the way, with the error (in a thread)."""
+        record = item.record
+        marked = SpoolRecord(
+            record.topic,
+            record.key,
+            record.value,
+            (
+                *record.headers,
+                (HEADER_QUARANTINE_ERROR, f"{type(error).__name__}: {error}"[:1024].encode()),
+                (HEADER_QUARANTINED_AT, f"{time.time():.3f}".encode()),
+            ),
+        )
+        directory = self.quarantine_directory
+        directory.mkdir(mode=0o700, exist_ok=True)
+        name = f"{time.time_ns():020d}-{item.segment:020d}-{item.end:012d}{QUARANTINE_SUFFIX}"
+        temporary = directory / (name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _write_fsync(fd, encode_frame(marked))
+        finally:
+            os.close(fd)
+        os.replace(temporary, directory / name)
+        _fsync_dir(directory)
+        log.error(
+            "kafka refused a spooled record for good, quarantined",
+            extra={
+                "topic": record.topic,
+                "reason": reason,
+                "bytes": len(record.value),
+                "file": name,
+                "error.type": type(error).__name__,
+                "error.message": str(error)[:300],
+            },
+        )
+        if self._metrics is not None:
+            self._metrics.quarantined.labels(record.topic, reason).inc()
+            self._metrics.quarantine_records.set(len(quarantined_paths(self._directory)))
 
     def _read_batch(
         self, plan: list[tuple[int, Path, int, int]], cursor: tuple[int, int], batch: int
@@ -633,6 +712,7 @@ class Spool:
         """Persist the cursor, then account for and delete what is fully drained."""
         await asyncio.to_thread(_write_cursor, self._directory, cursor)
         self._cursor = cursor
+        self._acked_ahead = {position for position in self._acked_ahead if position > cursor}
         for item in acked:
             segment = self._segments.get(item.segment)
             if segment is not None:
@@ -683,6 +763,53 @@ class Spool:
         self._segments.clear()
         os.close(self._lock_fd)
         self._lock_fd = None
+
+
+@dataclass(frozen=True)
+class QuarantinedRecord:
+    """A record Kafka refused for good, as kept in the spool's quarantine."""
+
+    path: Path
+    record: SpoolRecord
+    """The record as it was spooled (without the quarantine's own headers)."""
+    error: str
+    quarantined_at: float
+
+
+def quarantined_paths(spool_directory: Path) -> list[Path]:
+    """The quarantine's record files, oldest first."""
+    try:
+        entries = os.listdir(spool_directory / QUARANTINE_DIR)
+    except FileNotFoundError:
+        return []
+    names = sorted(name for name in entries if name.endswith(QUARANTINE_SUFFIX))
+    return [spool_directory / QUARANTINE_DIR / name for name in names]
+
+
+def read_quarantined(path: Path) -> QuarantinedRecord:
+    """One quarantined record; ValueError if the file is damaged."""
+    data = path.read_bytes()
+    if len(data) < HEADER_SIZE:
+        raise ValueError(f"{path.name}: too short")
+    magic, size, crc = _HEADER.unpack(data[:HEADER_SIZE])
+    payload = data[HEADER_SIZE:]
+    if magic != MAGIC or size != len(payload) or zlib.crc32(payload, zlib.crc32(data[4:8])) != crc:
+        raise ValueError(f"{path.name}: not a valid spool frame")
+    marked = decode_record(payload)
+    own = {HEADER_QUARANTINE_ERROR, HEADER_QUARANTINED_AT}
+    extra = {name: value for name, value in marked.headers if name in own}
+    record = SpoolRecord(
+        marked.topic,
+        marked.key,
+        marked.value,
+        tuple((name, value) for name, value in marked.headers if name not in own),
+    )
+    return QuarantinedRecord(
+        path,
+        record,
+        extra.get(HEADER_QUARANTINE_ERROR, b"").decode("utf-8", "replace"),
+        float(extra.get(HEADER_QUARANTINED_AT, b"0") or 0),
+    )
 
 
 def _consume(done: asyncio.Future[None]) -> None:

@@ -20,11 +20,13 @@ from prometheus_client import CollectorRegistry
 
 from forwarder import records
 from forwarder.config import Config
+from forwarder.failures import Failure, classify_kafka
 from forwarder.kafka_client import broker_urls, ticks_topic_name
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
 from forwarder.pipeline.faust_fixes import HoleWatch, refuse_stale_acks
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
+from forwarder.pipeline.oversize import fit_event
 from forwarder.pipeline.sensors import FaustSensor
 
 log = logging.getLogger("forwarder.worker")
@@ -82,6 +84,7 @@ def new_faust_app(
         # which Faust would create at start-up, a moment before the group's first rebalance.
         topic_disable_leader=True,
         producer_acks=-1,
+        producer_max_request_size=config.kafka.max_request_bytes,
         # Do not wait at a rebalance or shutdown for in-flight events to be acked: a sink that
         # cannot deliver would hold the whole group. Un-acked events are consumed again by the
         # partition's next owner (at-least-once).
@@ -357,7 +360,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 if decision is not None:
                     dedupe.annotate(doc, decision)
                 outgoing.append(outgoing_event(doc, key, headers))
-            await _send_all(events_topic, outgoing)
+            await _send_all(events_topic, outgoing, config.kafka.max_request_bytes, metrics)
             for key, state in pending.items():
                 _use_partition_of(source_event[key])
                 assert table is not None
@@ -513,12 +516,32 @@ def _use_partition_of(event: EventT) -> None:
 
 
 async def _send_all(
-    topic: faust.TopicT, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    topic: faust.TopicT,
+    messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+    limit: int,
+    metrics: WorkerMetrics,
 ) -> None:
     """Produce every message and return once Kafka acknowledged all of them.
 
-    A failure is retried until it succeeds: raising here would let Faust ack the batch.
+    An event too large for the topic is cut to fit first (oversize.fit_event); one Kafka
+    refuses for good all the same is dropped, logged and counted, never retried for ever. Any
+    other failure is retried until it succeeds: raising here would let Faust ack the batch.
     """
+    fitted = []
+    for key, value, headers in messages:
+        fit = fit_event(key, value, headers, limit)
+        if fit is None:
+            metrics.events_dropped.labels("too_large").inc()
+            log.error("event too large for the events topic, dropped", extra={"bytes": len(value)})
+            continue
+        if fit is not value:
+            metrics.events_truncated.inc()
+            log.warning(
+                "event too large for the events topic, long texts cut",
+                extra={"bytes": len(value), "kept_bytes": len(fit)},
+            )
+        fitted.append((key, fit, headers))
+    messages = fitted
     attempt = 0
     while messages:
         futures = [
@@ -526,11 +549,19 @@ async def _send_all(
             for key, value, headers in messages
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [
-            message
-            for message, result in zip(messages, results, strict=True)
-            if isinstance(result, BaseException)
-        ]
+        failed = []
+        for message, result in zip(messages, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            failure = classify_kafka(result)
+            if failure is Failure.RECORD:
+                metrics.events_dropped.labels(type(result).__name__).inc()
+                log.error(
+                    "kafka refused an event for good, dropped",
+                    extra={"error.type": type(result).__name__, "error.message": str(result)},
+                )
+                continue
+            failed.append(message)
         if failed:
             attempt += 1
             delay = min(30.0, 0.5 * 2**attempt)

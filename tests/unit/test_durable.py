@@ -4,9 +4,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from aiokafka.errors import OutOfOrderSequenceNumber
 from prometheus_client import CollectorRegistry
 
-from forwarder.ingest.durable import DurableWriter
+from forwarder.ingest.durable import DurableWriter, RecordTooLarge
 from forwarder.ingest.spool import Spool
 from forwarder.metrics import IngestMetrics, SpoolMetrics
 
@@ -34,6 +36,13 @@ class FlakyProducer:
 
     async def ready(self) -> bool:
         return self.up
+
+    async def recreate(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def max_record_bytes(self, topic: str) -> int:
+        return 1 << 20
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -74,5 +83,69 @@ async def test_outage_goes_to_the_spool_and_drains_in_order_then_writes_go_direc
         first_seen = list(dict.fromkeys(producer.sent))
         assert first_seen == [str(i).encode() for i in range(8)]
         assert registry.get_sample_value("aha_siem_ingest_spool_records") == 0
+    finally:
+        await writer.stop()
+
+
+class OutOfStepProducer(FlakyProducer):
+    """An idempotent producer whose sequence fell out of step: every send fails until replaced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = True
+        self.broken = True
+        self.recreated = 0
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        if self.broken:
+            raise OutOfOrderSequenceNumber()
+        await super().send(topic, value, key, headers)
+
+    async def recreate(self) -> None:
+        self.recreated += 1
+        self.broken = False
+
+
+async def test_a_producer_out_of_sequence_is_replaced_and_the_spool_drains(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    producer = OutOfStepProducer()
+    writer = DurableWriter(
+        producer,
+        Spool(tmp_path / "spool", max_bytes=1 << 20, metrics=SpoolMetrics(registry)),
+        produce_timeout=0.5,
+        metrics=IngestMetrics(registry),
+    )
+    await writer.start()
+    try:
+        # The first write meets the broken producer and is spooled; the drain must not retry
+        # the same producer for ever (the wedge seen after a broker restart under load).
+        assert await writer.write("raw", b"0", b"k", []) == "spool"
+        assert await writer.write("raw", b"1", b"k", []) == "spool"
+        await wait_until(lambda: producer.sent == [b"0", b"1"], timeout=5.0)
+        assert producer.recreated == 1
+        assert registry.get_sample_value("aha_siem_ingest_kafka_producer_recreated_total") == 1
+        labels = {"topic": "spool", "failure": "client_broken"}
+        assert registry.get_sample_value("aha_siem_ingest_kafka_produce_failures_total", labels)
+    finally:
+        await writer.stop()
+
+
+async def test_a_record_too_large_for_kafka_is_refused_before_it_is_stored(
+    tmp_path: Path,
+) -> None:
+    registry = CollectorRegistry()
+    producer = FlakyProducer()
+    spool = Spool(tmp_path / "spool", max_bytes=8 << 20, metrics=SpoolMetrics(registry))
+    writer = DurableWriter(producer, spool, produce_timeout=0.1, metrics=IngestMetrics(registry))
+    await writer.start()
+    try:
+        with pytest.raises(RecordTooLarge) as refused:
+            await writer.write("raw", b"x" * (1 << 20), b"feature:1", [("source", b"webhook")])
+        assert refused.value.limit == 1 << 20
+        assert spool.is_empty()
+        # What follows is unaffected.
+        assert await writer.write("raw", b"small", b"k", []) == "spool"
     finally:
         await writer.stop()

@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from forwarder.ingest import spool as spool_module
-from forwarder.ingest.spool import Spool, SpoolFull, SpoolInUse, SpoolRecord
+from forwarder.ingest.durable import _refused
+from forwarder.ingest.spool import (
+    Spool,
+    SpoolFull,
+    SpoolInUse,
+    SpoolRecord,
+    quarantined_paths,
+    read_quarantined,
+)
 from forwarder.metrics import SpoolMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,8 +78,10 @@ def open_spool(directory: Path, registry: CollectorRegistry | None = None, **opt
     return spool
 
 
-def sample(registry: CollectorRegistry, name: str) -> float | None:
-    return registry.get_sample_value(name)
+def sample(
+    registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None
+) -> float | None:
+    return registry.get_sample_value(name, labels)
 
 
 async def test_records_drain_back_identical_and_in_order_across_segments(tmp_path: Path) -> None:
@@ -146,7 +157,9 @@ async def test_reopen_after_partial_drain_resumes_at_the_cursor(tmp_path: Path) 
     await reopened.close()
 
 
-async def test_failed_send_stops_the_drain_and_the_next_resends_from_there(tmp_path: Path) -> None:
+async def test_failed_send_stops_the_drain_and_the_next_sends_only_what_kafka_lacks(
+    tmp_path: Path,
+) -> None:
     registry = CollectorRegistry()
     spool = open_spool(tmp_path, registry, segment_bytes=350)
     records = [record(index) for index in range(12)]
@@ -154,15 +167,68 @@ async def test_failed_send_stops_the_drain_and_the_next_resends_from_there(tmp_p
     sink = Sink(fail={5})
     with pytest.raises(ConnectionError, match="send 5"):
         await spool.drain(sink, batch=4)
-    assert sink.sent[:5] == records[:5]
+    # The batch 4..7 went out together: 6 and 7 were acknowledged although 5 failed.
+    assert sink.sent == records[:5] + records[6:8]
     assert spool.pending_records == 7
     assert sample(registry, "aha_siem_ingest_spool_drained_total") == 5
 
     retry = Sink()
-    assert await spool.drain(retry, batch=4) == 7
-    assert retry.sent == records[5:]
+    assert await spool.drain(retry, batch=4) == 5
+    # Never a second copy of a record Kafka already has.
+    assert retry.sent == [records[5], *records[8:]]
     assert spool.is_empty()
     assert sample(registry, "aha_siem_ingest_spool_drained_total") == 12
+    await spool.close()
+
+
+async def test_a_record_kafka_refuses_for_good_is_quarantined_and_the_rest_drain(
+    tmp_path: Path,
+) -> None:
+    registry = CollectorRegistry()
+    spool = open_spool(tmp_path, registry, segment_bytes=350)
+    records = [record(index) for index in range(8)]
+    huge = record(99, size=5000)
+    for item in [*records[:3], huge, *records[3:]]:
+        await spool.append(item)
+    sent: list[SpoolRecord] = []
+
+    async def send(item: SpoolRecord) -> None:
+        if item == huge:
+            raise MessageSizeTooLargeError("The message is 5100 bytes when serialized")
+        sent.append(item)
+
+    assert await spool.drain(send, refused=_refused, batch=4) == 8
+    assert sent == records
+    assert spool.is_empty()
+    (path,) = quarantined_paths(tmp_path)
+    kept = read_quarantined(path)
+    assert kept.record == huge
+    assert "MessageSizeTooLargeError" in kept.error
+    assert sample(registry, "aha_siem_ingest_spool_quarantine_records") == 1
+    labels = {"topic": "aha.audit.raw", "reason": "MessageSizeTooLargeError"}
+    assert sample(registry, "aha_siem_ingest_spool_quarantined_total", labels) == 1
+    await spool.close()
+
+    # Across a restart: the quarantined record is not drained again.
+    reopened = open_spool(tmp_path)
+    again = Sink()
+    assert await reopened.drain(again) == 0
+    assert again.sent == []
+    await reopened.close()
+
+
+async def test_a_failure_that_is_not_the_records_still_stops_the_drain(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    for index in range(3):
+        await spool.append(record(index))
+
+    async def send(item: SpoolRecord) -> None:
+        raise OutOfOrderSequenceNumber()
+
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await spool.drain(send, refused=_refused)
+    assert spool.pending_records == 3
+    assert quarantined_paths(tmp_path) == []
     await spool.close()
 
 
