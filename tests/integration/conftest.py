@@ -1,7 +1,8 @@
 """Fixtures for tests against a real broker and the real processes.
 
 The broker is the cluster named by KAFKA_BOOTSTRAP (`make test` starts Apache Kafka and sets it);
-without it, the fixture starts Apache Kafka itself into a temporary folder.
+without it, the fixture starts Apache Kafka itself into a temporary folder. `opensearch_url` is a
+real OpenSearch node (tests/receivers/opensearch.py), started once per session when first used.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 
 from forwarder import devbroker
 from forwarder.config import Config, hash_token, parse
+from tests.receivers import opensearch
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +48,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         devbroker.stop(state)
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The HTTP address of a single-node OpenSearch, up for the rest of the session.
+
+    Skipped only without a JDK (or without Maven while the jars are not cached yet); with them, a
+    failed download, compilation or start fails the tests that use it.
+    """
+    reason = opensearch.missing()
+    if reason is not None:
+        pytest.skip(f"no OpenSearch node: {reason} (CI installs openjdk-17-jdk-headless and maven)")
+    node = opensearch.OpenSearch(tmp_path_factory.mktemp("opensearch"))
+    node.start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
 
 
 @dataclass
