@@ -44,6 +44,9 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> Inge
     return IngestApp(config, writer, registry, metrics)
 
 
+_LINGER_SECONDS = 2.0
+
+
 def header_guard_protocol(
     seconds: float,
     on_refused: Callable[[str], None],
@@ -94,7 +97,11 @@ def header_guard_protocol(
                 b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
             )
             self.transport.write(head + body)
-            self.transport.close()
+            # A lingering close, as nginx does: closing with the client's unread bytes in our
+            # buffer would send a reset that destroys the answer before the client reads it.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
