@@ -22,6 +22,7 @@ from forwarder.backfill.config import AhaAccountConfig
 from forwarder.backfill.seen import SeenIndex
 from forwarder.backfill.wrap import RawRecord, wrap
 from forwarder.config import Config
+from forwarder.failures import Failure, classify_kafka
 from forwarder.records import iso_millis, utc_now_iso
 
 log = logging.getLogger("forwarder.backfill")
@@ -45,6 +46,9 @@ class Summary:
     skipped: int = 0
     changed: int = 0
     duplicates: int = 0
+    refused: int = 0
+    """Audits Kafka refused for good (too large for the raw topic): listed in refused_ids."""
+    refused_ids: list[str] = field(default_factory=list)
     resumed_from: str | None = None
     slice_start: str | None = None
     fraction: float = 0.0
@@ -153,12 +157,11 @@ async def run(
                     continue
                 batch.append(record)
             if producer is not None and batch:
-                await asyncio.gather(
-                    *(
-                        producer.send(topic, record.value, record.key, record.kafka_headers())
-                        for record in batch
-                    )
-                )
+                refused = await _produce_all(producer, topic, batch)
+                if refused:
+                    summary.refused += len(refused)
+                    summary.refused_ids.extend(refused)
+                    batch = [record for record in batch if record.audit_id not in refused]
             summary.injected += len(batch)
             summary.injected_ids.extend(record.audit_id for record in batch)
             summary.pages += 1
@@ -183,3 +186,60 @@ async def run(
     if checkpoint_file is not None and producer is not None:
         checkpoints.remove(checkpoint_file)
     return summary
+
+
+_PRODUCE_ATTEMPTS = 4
+
+
+async def _produce_all(producer: Producer, topic: str, batch: list[RawRecord]) -> set[str]:
+    """Produce a page's records; returns the audit ids Kafka refused for good.
+
+    Those are logged and reported, not retried: retrying them would stop the backfill at the
+    same page on every run. A broken producer is replaced; other failures are retried with
+    back-off, then raised (the checkpoint keeps the page for the next run).
+    """
+    pending = batch
+    refused: set[str] = set()
+    for attempt in range(_PRODUCE_ATTEMPTS):
+        results = await asyncio.gather(
+            *(
+                producer.send(topic, record.value, record.key, record.kafka_headers())
+                for record in pending
+            ),
+            return_exceptions=True,
+        )
+        retry: list[RawRecord] = []
+        last: BaseException | None = None
+        for record, result in zip(pending, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            failure = classify_kafka(result)
+            if failure is Failure.RECORD:
+                refused.add(record.audit_id)
+                log.error(
+                    "kafka refused an audit for good, not injected",
+                    extra={
+                        "audit_id": record.audit_id,
+                        "bytes": len(record.value),
+                        "error.type": type(result).__name__,
+                        "error.message": str(result),
+                    },
+                )
+                continue
+            retry.append(record)
+            last = result
+        if not retry:
+            return refused
+        assert last is not None
+        failure = classify_kafka(last)
+        recreate = getattr(producer, "recreate", None)
+        if failure is Failure.CLIENT_BROKEN and recreate is not None:
+            log.warning(
+                "producer state broken, replacing it", extra={"error.type": type(last).__name__}
+            )
+            await recreate()
+        else:
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+        pending = retry
+    assert last is not None
+    raise last

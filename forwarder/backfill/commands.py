@@ -118,6 +118,9 @@ def summary_text(summary: Summary, *, dry_run: bool) -> str:
     ]
     if summary.duplicates:
         lines.append(f"listed twice by the API: {summary.duplicates}")
+    if summary.refused:
+        ids = ", ".join(summary.refused_ids[:20]) + (" ..." if summary.refused > 20 else "")
+        lines.append(f"refused by Kafka (too large for the raw topic): {summary.refused}: {ids}")
     if summary.resumed_from:
         lines.append(f"resumed from: {summary.resumed_from}")
     lines.append(f"time: {summary.elapsed:.1f} s")

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
 from forwarder.backfill import backfill, checkpoint
 from forwarder.backfill.api import (
@@ -22,6 +23,7 @@ from forwarder.backfill.api import (
     AuthError,
     RateLimitNotCleared,
 )
+from forwarder.backfill.commands import summary_text
 from forwarder.backfill.config import AhaAccountConfig, RateLimitConfig
 from forwarder.backfill.seen import SeenIndex
 from forwarder.config import Config, parse
@@ -286,6 +288,45 @@ async def test_a_crash_of_kafka_mid_page_resends_only_that_page(
     assert set(counts) == {audit["id"] for audit in audits}
     # At least once: only audits of the interrupted page may appear twice.
     assert sum(1 for n in counts.values() if n > 1) <= 50
+
+
+class RefusingProducer(RecordingProducer):
+    """Kafka refuses one audit for good; the producer's state breaks once and needs replacing."""
+
+    def __init__(self, refuse: str) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.broken = True
+        self.recreated = 0
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        if self.broken and len(self.sent) == 10:
+            raise OutOfOrderSequenceNumber()
+        if orjson.loads(value)["audit"]["id"] == self.refuse:
+            raise MessageSizeTooLargeError("The message is 3000000 bytes when serialized")
+        await super().send(topic, value, key, headers)
+
+    async def recreate(self) -> None:
+        self.recreated += 1
+        self.broken = False
+
+
+async def test_an_audit_kafka_refuses_is_reported_and_the_backfill_goes_on(
+    fake: FakeAhaApi, server: AsgiServer, tmp_path: Path
+) -> None:
+    audits = spread(60)
+    fake.add(*audits)
+    refused = audits[5]["id"]
+    producer = RefusingProducer(refuse=refused)
+    summary = await run(account(server, fake), producer, checkpoint_file=tmp_path / "acme.json")
+    assert summary.refused_ids == [refused]
+    assert set(producer.ids()) == {audit["id"] for audit in audits} - {refused}
+    assert summary.injected == len(audits) - 1
+    # The broken producer was replaced once, not retried for ever.
+    assert producer.recreated == 1
+    assert "refused by Kafka" in summary_text(summary, dry_run=False)
 
 
 async def test_a_dry_run_sends_nothing_and_saves_nothing(
