@@ -85,7 +85,15 @@ async def replay(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = None if dry_run else AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = (
+        None
+        if dry_run
+        else AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            max_request_size=config.kafka.max_request_bytes,
+        )
+    )
     summary = Summary()
     sink = create_sink(sink_config, bootstrap)
     await consumer.start()

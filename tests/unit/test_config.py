@@ -109,3 +109,17 @@ def test_a_kafka_sink_into_the_projects_own_topic_is_refused_naming_the_sink() -
         parse({"sinks": [sink]})
     # On another cluster the same name is someone else's topic.
     parse({"sinks": [{**sink, "bootstrap_servers": "other:9092"}]})
+
+
+def test_a_max_body_bytes_kafka_cannot_take_is_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 2 MiB of body plus key and headers is more than the producers' 2 MiB requests.
+    path = tmp_path / "config.yaml"
+    path.write_text("ingest:\n  max_body_bytes: 2097152\n")
+    assert cli.main(["config", "check", str(path)]) != 0
+    error = capsys.readouterr().err
+    assert "ingest.max_body_bytes" in error and "kafka.max_request_bytes" in error
+    # Raising the Kafka side makes it fit.
+    path.write_text("ingest:\n  max_body_bytes: 2097152\nkafka:\n  max_request_bytes: 2200000\n")
+    assert cli.main(["config", "check", str(path)]) == 0
