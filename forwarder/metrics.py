@@ -320,19 +320,3 @@ class SinkMetrics:
             ["sink", "reason"],
             registry=registry,
         )
-        # Splunk HEC indexer acknowledgement (only a splunk_hec sink counts these).
-        self.hec_ack_errors = Counter(
-            "aha_siem_hec_ack_errors_total",
-            "Splunk HEC ack status queries that failed, by sink and kind (not_found, channel, "
-            "server_error, unreadable, http, connection).",
-            ["sink", "kind"],
-            registry=registry,
-        )
-        self.hec_ack_fallbacks = Counter(
-            "aha_siem_hec_ack_fallbacks_total",
-            "Splunk HEC requests counted delivered on the collector's HTTP 200 without an "
-            "indexer acknowledgement, by sink and reason (ack_unavailable, ack_timeout, "
-            "ack_disabled, no_ack_id).",
-            ["sink", "reason"],
-            registry=registry,
-        )
