@@ -21,9 +21,7 @@ async def test_the_private_names_used_to_abandon_a_producer_exist() -> None:
 async def test_an_abandoned_producer_fails_what_it_holds_and_stop_returns_at_once() -> None:
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
     # A record waiting in the accumulator, as after a broker restart with produces in flight.
-    future = await producer._message_accumulator.add_message(
-        _partition(), b"k", b"v", timeout=1.0
-    )
+    future = await producer._message_accumulator.add_message(_partition(), b"k", b"v", timeout=1.0)
     await abandon_producer(producer)
     with pytest.raises(ProducerClosed):
         await asyncio.wait_for(future, 1.0)
