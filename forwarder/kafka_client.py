@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import ProducerClosed, TopicAlreadyExistsError
 
 from forwarder.aiokafka_compat import abandon_producer
 from forwarder.config import Config
@@ -206,7 +206,8 @@ class KafkaBodyProducer:
     ) -> None:
         """Produce one record and wait for its acknowledgement."""
         if self._producer is None:
-            raise RuntimeError("producer not started")
+            # Not started, or being replaced: the drain replaces it again (client broken).
+            raise ProducerClosed()
         await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
 
     async def ready(self) -> bool:

@@ -190,9 +190,10 @@ class DurableWriter:
                 log.info("kafka connected")
 
     async def _run(self) -> None:
-        await self._connect()
         attempt = 0
         while True:
+            if not self._connected:
+                await self._connect()
             if self._spool.is_empty() and self._spooling == 0:
                 self._direct = True
                 self._wake.clear()
@@ -232,6 +233,8 @@ class DurableWriter:
             try:
                 await self._producer.recreate()
             except Exception as reconnect:
+                # Connect again from scratch, with the start-up's back-off.
+                self._connected = False
                 log.warning(
                     "new producer could not connect",
                     extra={"error.type": type(reconnect).__name__, "retry_in": delay},

@@ -149,3 +149,43 @@ async def test_a_record_too_large_for_kafka_is_refused_before_it_is_stored(
         assert await writer.write("raw", b"small", b"k", []) == "spool"
     finally:
         await writer.stop()
+
+
+class FailingRecreate(OutOfStepProducer):
+    """Broken, and the cluster is away again when the producer is replaced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing_starts = 0
+
+    async def recreate(self) -> None:
+        self.recreated += 1
+        self.failing_starts = 2
+        raise ConnectionError("no brokers")
+
+    async def start(self) -> None:
+        if self.failing_starts:
+            self.failing_starts -= 1
+            raise ConnectionError("no brokers")
+        if self.recreated:
+            self.broken = False
+
+
+async def test_a_replacement_that_cannot_connect_is_retried_until_kafka_is_back(
+    tmp_path: Path,
+) -> None:
+    registry = CollectorRegistry()
+    producer = FailingRecreate()
+    writer = DurableWriter(
+        producer,
+        Spool(tmp_path / "spool", max_bytes=1 << 20, metrics=SpoolMetrics(registry)),
+        produce_timeout=0.5,
+        metrics=IngestMetrics(registry),
+    )
+    await writer.start()
+    try:
+        assert await writer.write("raw", b"0", b"k", []) == "spool"
+        await wait_until(lambda: producer.sent == [b"0"], timeout=15.0)
+        assert producer.recreated == 1
+    finally:
+        await writer.stop()
