@@ -5,6 +5,9 @@ JSON envelopes on `/services/collector/event` (optionally gzip), the documented 
 `{"text", "code", "invalid-event-number", "ackId"}` bodies, indexer acknowledgement per channel
 (`X-Splunk-Request-Channel` or `?channel=`) on `/services/collector/ack`, and
 `/services/collector/health`. Serve it with `tests.fakes.server.AsgiServer`.
+
+`FakeHecCluster` puts a load balancer in front of several of them (indexers): each numbers its
+ackIds per channel from 0, as Splunk's indexers do, so ackIds of different indexers collide.
 """
 
 from __future__ import annotations
@@ -113,8 +116,13 @@ class FakeHec:
         """The next N ackIds never turn true (lost acks: indexer crash, ack state lost)."""
         self.ack_plan: list[float | None] = []
         """Delays of the next ackIds in turn (None: lost), before `lose_acks` and the default."""
+        self.ack_forced: list[Forced] = []
+        """Answers given instead of the real ones to the next ack status queries (a proxy that
+        does not route the ack endpoint, a dropped channel, a failing indexer)."""
         self.events: list[dict[str, Any]] = []
         """Every envelope taken, in order (what a search in Splunk would find)."""
+        self.lost: list[dict[str, Any]] = []
+        """Envelopes taken under an ackId that never turns true: the indexer lost them."""
         self.requests: list[Received] = []
         self.ack_queries: list[list[int]] = []
         self._lock = threading.Lock()
@@ -134,9 +142,24 @@ class FakeHec:
         status, text = CODES[code]
         self.force(status, {"text": text, "code": code, **extra}, times)
 
+    def force_ack(
+        self, status: int, body: dict[str, Any] | str, times: int = 1, **headers: str
+    ) -> None:
+        """Answer the next `times` ack status queries with this status and body."""
+        self.ack_forced.append(Forced(status, body, dict(headers), times))
+
     def event_requests(self) -> list[Received]:
         """The POSTs to the event endpoint."""
         return [request for request in self.requests if request.path in EVENT_PATHS]
+
+    def ack_requests(self) -> list[Received]:
+        """The POSTs to the ack endpoint."""
+        return [request for request in self.requests if request.path == ACK_PATH]
+
+    def indexed(self) -> list[dict[str, Any]]:
+        """The envelopes taken and not lost: what is in the index once the acks are due."""
+        lost = {id(envelope) for envelope in self.lost}
+        return [envelope for envelope in self.events if id(envelope) not in lost]
 
     # -- ASGI ------------------------------------------------------------------------
 
@@ -160,8 +183,12 @@ class FakeHec:
             status, health = self._health(query)
             await _answer(send, status, health)
         elif path == ACK_PATH:
-            status, answer = self._ack_query(headers, query, body)
-            await _answer(send, status, answer)
+            if self.ack_forced:
+                forced = _next_forced(self.ack_forced)
+                await _answer(send, forced.status, forced.body, forced.headers)
+            else:
+                status, answer = self._ack_query(headers, query, body)
+                await _answer(send, status, answer)
         elif path in EVENT_PATHS:
             if self.delay_seconds:
                 await asyncio.sleep(self.delay_seconds)
@@ -215,10 +242,7 @@ class FakeHec:
         if refused:
             return *refused, {}
         if self.forced:
-            forced = self.forced[0]
-            forced.times -= 1
-            if forced.times <= 0:
-                self.forced.pop(0)
+            forced = _next_forced(self.forced)
             return forced.status, forced.body, forced.headers
         if self.busy > 0:
             self.busy -= 1
@@ -238,7 +262,10 @@ class FakeHec:
             return 400, failure, {}
         answer: dict[str, Any] = _code(0)
         if self.ack and channel is not None:
-            answer["ackId"] = self._register_ack(channel)
+            answer["ackId"], lost = self._register_ack(channel)
+            if lost:
+                with self._lock:
+                    self.lost.extend(envelopes)
         return 200, answer, {}
 
     def _parse(self, body: bytes) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -309,7 +336,8 @@ class FakeHec:
                     return 15
         return None
 
-    def _register_ack(self, channel: str) -> int:
+    def _register_ack(self, channel: str) -> tuple[int, bool]:
+        """The next ackId of the channel, and whether it is lost (never turns true)."""
         with self._lock:
             ack_id = self._next_ack.get(channel, 0)
             self._next_ack[channel] = ack_id + 1
@@ -323,7 +351,7 @@ class FakeHec:
             else:
                 ready = time.monotonic() + self.ack_delay_seconds
             self._acks.setdefault(channel, {})[ack_id] = ready
-            return ack_id
+            return ack_id, ready is None
 
     def _ack_query(
         self, headers: dict[str, str], query: dict[str, list[str]], body: bytes
@@ -354,6 +382,101 @@ class FakeHec:
                     # HEC forgets an ackId once it has reported it indexed.
                     del pending[ack_id]
         return 200, {"acks": statuses}
+
+
+@dataclass
+class Routed:
+    """One request as the load balancer routed it."""
+
+    path: str
+    channel: str | None
+    indexer: int
+    cookie: str | None  # the load balancer's cookie the request carried
+
+
+class FakeHecCluster:
+    """A load balancer in front of several fake collectors (indexers).
+
+    Sticky (the default): a request without the balancer's cookie goes to the next indexer in
+    turn and its answer sets the cookie; a request with it goes where the cookie says, as an
+    AWS ALB with load-balancer-generated cookies does. Not sticky: every request goes to the
+    next indexer in turn (event POSTs and ack queries each in their own turn), or every ack
+    query to `ack_route` when it is set.
+    """
+
+    def __init__(
+        self, indexers: list[FakeHec], *, sticky: bool = True, cookie: str = "hec_lb"
+    ) -> None:
+        self.indexers = indexers
+        self.sticky = sticky
+        self.cookie = cookie
+        self.ack_route: int | None = None
+        self.routed: list[Routed] = []
+        self._turn: dict[str, int] = {}
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every envelope any indexer took."""
+        return [envelope for indexer in self.indexers for envelope in indexer.events]
+
+    def indexed(self) -> list[dict[str, Any]]:
+        """Every envelope some indexer took and did not lose."""
+        return [envelope for indexer in self.indexers for envelope in indexer.indexed()]
+
+    def event_requests(self) -> list[Routed]:
+        """The event POSTs, as routed."""
+        return [route for route in self.routed if route.path in EVENT_PATHS]
+
+    def _next(self, kind: str) -> int:
+        turn = self._turn.get(kind, 0)
+        self._turn[kind] = turn + 1
+        return turn % len(self.indexers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope["headers"]
+        }
+        path = scope["path"].rstrip("/") or "/"
+        cookie = _cookie(headers.get("cookie", ""), self.cookie)
+        kind = "ack" if path == ACK_PATH else "event"
+        if self.sticky and cookie is not None and cookie.isdigit():
+            target = int(cookie) % len(self.indexers)
+        elif not self.sticky and kind == "ack" and self.ack_route is not None:
+            target = self.ack_route
+        else:
+            target = self._next(kind)
+        self.routed.append(Routed(path, headers.get("x-splunk-request-channel"), target, cookie))
+        set_cookie = self.sticky and cookie != str(target)
+
+        async def answer(message: Message) -> None:
+            if set_cookie and message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"set-cookie", f"{self.cookie}={target}; Path=/".encode()),
+                ]
+            await send(message)
+
+        await self.indexers[target](scope, receive, answer)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _next_forced(queue: list[Forced]) -> Forced:
+    forced = queue[0]
+    forced.times -= 1
+    if forced.times <= 0:
+        queue.pop(0)
+    return forced
 
 
 def _first(query: dict[str, list[str]], name: str) -> str | None:
