@@ -224,6 +224,10 @@ def create_sink_app(
         dlq_topic_name(config, name), key_serializer="raw", value_serializer="raw"
     )
     sink = create_sink(sink_config, config.kafka.bootstrap_servers)
+    # A sink with counters of its own (the Splunk HEC ack metrics) counts into this process's.
+    use_metrics = getattr(sink, "use_metrics", None)
+    if callable(use_metrics):
+        use_metrics(metrics)
     prepare = Preparer(sink, sink_config, config)
     metrics.rebalancing.labels(name).set(1)
     metrics.sink_up.labels(name).set(0)

@@ -27,14 +27,23 @@ class AcknowledgementConfig(SinkModel):
 
     enabled: bool = False
     """Poll `/services/collector/ack` for each request; turn on when the token has indexer
-    acknowledgement enabled (Splunk Enterprise; Splunk Cloud only for Firehose)."""
+    acknowledgement enabled (Splunk Enterprise; Splunk Cloud only for Firehose). Behind a load
+    balancer, only with sticky sessions by cookie (docs/sinks/splunk_hec.md)."""
     poll_interval_seconds: float = Field(default=2.0, gt=0)
     """Time between two queries of the ack status of the pending requests."""
     timeout_seconds: float = Field(default=300.0, gt=0)
     """How long one request may stay unacknowledged before it is sent again."""
     max_resends: int = Field(default=2, ge=0)
-    """Resends of an unacknowledged request within one delivery attempt; after that the
-    attempt fails (retriable) and the delivery backs off."""
+    """Resends of a request whose acknowledgement stayed false for `timeout_seconds`, each on a
+    new channel; after the last one, `on_unacknowledged` decides."""
+    on_unacknowledged: Literal["trust", "dead_letter"] = "trust"
+    """A request still unacknowledged `timeout_seconds` after its last resend: `trust` counts
+    the collector's HTTP 200s as delivery (counted in aha_siem_hec_ack_fallbacks_total),
+    `dead_letter` sends its events to the DLQ."""
+    max_failed_polls: int = Field(default=3, ge=1)
+    """Consecutive failed ack queries of one channel (an error status, an answer that is not
+    HEC's, no answer) after which its requests count as delivered on their HTTP 200 and the
+    channel takes no more events."""
 
     @model_validator(mode="after")
     def _poll_within_timeout(self) -> AcknowledgementConfig:

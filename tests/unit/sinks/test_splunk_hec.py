@@ -25,7 +25,7 @@ from forwarder.sinks.base import PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.splunk_hec import SplunkHecSink, SplunkHecSinkConfig
 from tests.fakes.server import AsgiServer
-from tests.fakes.splunk_hec import FakeHec
+from tests.fakes.splunk_hec import ACK_PATH, FakeHec, FakeHecCluster
 from tests.helpers import normalized_sample, sample_paths
 
 TOKEN = "8f4e3c2a-1b2c-4d5e-9f60-7a8b9c0d1e2f"
@@ -36,7 +36,7 @@ class Switch:
     """One server for the module; each test plugs in its own fake collector."""
 
     def __init__(self) -> None:
-        self.fake = FakeHec(TOKEN)
+        self.fake: FakeHec | FakeHecCluster = FakeHec(TOKEN)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.fake(scope, receive, send)
@@ -51,8 +51,9 @@ def server() -> Iterator[tuple[AsgiServer, Switch]]:
 
 @pytest.fixture
 def fake(server: tuple[AsgiServer, Switch]) -> FakeHec:
-    server[1].fake = FakeHec(TOKEN)
-    return server[1].fake
+    collector = FakeHec(TOKEN)
+    server[1].fake = collector
+    return collector
 
 
 @pytest.fixture
@@ -317,6 +318,19 @@ async def test_events_wait_for_a_disabled_token_to_be_enabled(fake: FakeHec, mak
 # -- indexer acknowledgement ---------------------------------------------------------------
 
 
+def channel_of(request: Any) -> str:
+    return str(request.headers["x-splunk-request-channel"])
+
+
+def observed() -> tuple[SinkMetrics, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return SinkMetrics(registry), registry
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, {"sink": "splunk", **labels}) or 0.0
+
+
 async def test_ack_waits_until_indexed(fake: FakeHec, make: Any) -> None:
     fake.ack = True
     fake.ack_delay_seconds = 0.3
@@ -333,14 +347,17 @@ async def test_ack_waits_until_indexed(fake: FakeHec, make: Any) -> None:
     assert len(fake.events) == 3
 
 
-async def test_a_lost_ack_is_resent_once_the_time_out_passes(fake: FakeHec, make: Any) -> None:
+async def test_a_lost_ack_is_resent_on_a_new_channel_once_the_time_out_passes(
+    fake: FakeHec, make: Any
+) -> None:
     fake.ack, fake.lose_acks = True, 1
     sink = make(acknowledgement=ack_settings(timeout_seconds=0.3))
     events = prepared(sink, docs(2))
     await sink.send_batch(events)
-    assert len(fake.event_requests()) == 2
+    first, resend = fake.event_requests()
+    assert channel_of(first) != channel_of(resend)
     # The first copy may be in Splunk too: at-least-once.
-    assert len(fake.events) == 4
+    assert len(fake.events) == 4 and len(fake.indexed()) == 2
 
 
 async def test_a_late_ack_of_the_first_send_settles_the_resend(fake: FakeHec, make: Any) -> None:
@@ -348,22 +365,123 @@ async def test_a_late_ack_of_the_first_send_settles_the_resend(fake: FakeHec, ma
     # The first send is indexed late (after its time-out, before the resend's), the resend's
     # ack is lost: only the first send's ackId, still polled, can settle the batch.
     fake.ack_plan = [1.5, None]
+    metrics, registry = observed()
     sink = make(acknowledgement=ack_settings(timeout_seconds=1.0, max_resends=1))
+    sink.use_metrics(metrics)
     await sink.send_batch(prepared(sink, docs(1)))
-    assert len(fake.event_requests()) == 2
-    assert any(0 in query and 1 in query for query in fake.ack_queries)
+    first, resend = fake.event_requests()
+    # Each ackId is asked on the channel that issued it (both channels number from 0).
+    asked = {
+        (channel_of(request), tuple(orjson.loads(request.body)["acks"]))
+        for request in fake.ack_requests()
+    }
+    assert {(channel_of(first), (0,)), (channel_of(resend), (0,))} <= asked
+    assert sample(registry, "aha_siem_hec_ack_fallbacks_total", reason="ack_timeout") == 0
 
 
-async def test_resends_are_capped_and_paced(fake: FakeHec, make: Any) -> None:
-    fake.ack, fake.lose_acks = True, 100
+async def test_acks_that_stay_false_are_resent_a_bounded_number_of_times_then_trusted(
+    fake: FakeHec, make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An indexer that never reports the events indexed (or a balancer that asks another one):
+    # the delivery ends, and the events are in Splunk at most 1 + max_resends times.
+    fake.ack, fake.lose_acks = True, 1000
+    metrics, registry = observed()
     sink = make(acknowledgement=ack_settings(timeout_seconds=0.25, max_resends=2))
+    sink.use_metrics(metrics)
+    events = prepared(sink, docs(2))
     started = time.monotonic()
-    with pytest.raises(SinkError) as raised:
-        await sink.send_batch(prepared(sink, docs(1)))
+    with caplog.at_level(logging.ERROR, logger="forwarder.sinks.splunk_hec"):
+        outcome = await asyncio.wait_for(
+            deliver(sink, events, metrics, RetryConfig(initial_backoff_seconds=0.01)), 10
+        )
     elapsed = time.monotonic() - started
-    assert raised.value.retriable and "acknowledgement" in str(raised.value)
-    assert len(fake.event_requests()) == 3  # the send and two resends, no more
+
+    assert outcome.delivered == [0, 1] and not outcome.rejected
+    requests = fake.event_requests()
+    assert len(requests) == 3  # the send and two resends, no more
+    assert len({channel_of(request) for request in requests}) == 3  # each on a new channel
     assert elapsed >= 0.75  # each send waited its full time-out
+    assert sample(registry, "aha_siem_hec_ack_fallbacks_total", reason="ack_timeout") == 1
+    assert "no indexer acknowledgement" in caplog.text
+
+
+async def test_acks_that_stay_false_can_go_to_the_dlq_instead(fake: FakeHec, make: Any) -> None:
+    fake.ack, fake.lose_acks = True, 1000
+    sink = make(
+        acknowledgement=ack_settings(
+            timeout_seconds=0.2, max_resends=1, on_unacknowledged="dead_letter"
+        )
+    )
+    events = prepared(sink, docs(2))
+    outcome = await asyncio.wait_for(
+        deliver(sink, events, metrics(), RetryConfig(initial_backoff_seconds=0.01)), 10
+    )
+    assert not outcome.delivered and outcome.rejected.keys() == {0, 1}
+    assert "no indexer acknowledgement" in outcome.rejected[0]
+    assert not outcome.exhausted  # refused by rule, not by retries running out
+    assert len(fake.event_requests()) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (404, "404 page not found", "not_found"),  # a proxy that does not route the ack path
+        (400, {"text": "Data channel is missing", "code": 10}, "channel"),
+        (400, {"text": "Invalid data channel", "code": 11}, "channel"),
+        (500, "<html>Internal Server Error</html>", "server_error"),
+        (503, {"text": "Server is busy", "code": 9}, "server_error"),
+        (200, "<html>Welcome</html>", "unreadable"),  # not JSON
+        (200, {"text": "Success", "code": 0}, "unreadable"),  # no `acks`
+        (405, "Method Not Allowed", "http"),
+    ],
+)
+async def test_a_failing_ack_endpoint_falls_back_to_the_200(
+    fake: FakeHec,
+    make: Any,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    body: Any,
+    kind: str,
+) -> None:
+    fake.ack = True
+    fake.force_ack(status, body, times=1000)
+    metrics, registry = observed()
+    sink = make(acknowledgement=ack_settings(timeout_seconds=30.0, max_failed_polls=3))
+    sink.use_metrics(metrics)
+    events = prepared(sink, docs(2))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="forwarder.sinks.splunk_hec"):
+        outcome = await asyncio.wait_for(
+            deliver(sink, events, metrics, RetryConfig(initial_backoff_seconds=0.01)), 5
+        )
+        await asyncio.wait_for(sink.send_batch(events), 5)
+
+    assert outcome.delivered == [0, 1] and not outcome.rejected
+    assert time.monotonic() - started < 5  # three polls each, not the 30 s time-out
+    first, second = fake.event_requests()  # no resend: each batch is in Splunk once
+    assert len(fake.events) == 4
+    assert sample(registry, "aha_siem_hec_ack_errors_total", kind=kind) == 6
+    assert sample(registry, "aha_siem_hec_ack_fallbacks_total", reason="ack_unavailable") == 2
+    # The channel that failed takes no more events.
+    assert channel_of(first) != channel_of(second)
+    # Logged once for the kind, not once per poll.
+    assert caplog.text.count("ack status query failed") == 1
+
+
+async def test_ack_disabled_on_the_ack_endpoint_trusts_the_200(
+    fake: FakeHec, make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.ack = True
+    fake.force_ack(400, {"text": "ACK is disabled", "code": 14}, times=1000)
+    metrics, registry = observed()
+    sink = make(acknowledgement=ack_settings())
+    sink.use_metrics(metrics)
+    with caplog.at_level(logging.WARNING, logger="forwarder.sinks.splunk_hec"):
+        await asyncio.wait_for(sink.send_batch(prepared(sink, docs(1))), 5)
+        await asyncio.wait_for(sink.send_batch(prepared(sink, docs(1))), 5)
+    assert len(fake.events) == 2 and len(fake.ack_requests()) == 2
+    assert sample(registry, "aha_siem_hec_ack_fallbacks_total", reason="ack_disabled") == 2
+    assert caplog.text.count("does not use it") == 1
 
 
 async def test_ack_poll_finds_every_part_of_a_split_batch(fake: FakeHec, make: Any) -> None:
@@ -373,7 +491,14 @@ async def test_ack_poll_finds_every_part_of_a_split_batch(fake: FakeHec, make: A
     fake.max_content_length = max(len(event) for event in events) * 2 + 2
     await sink.send_batch(events)
     assert len(fake.events) == 4
-    assert any(set(query) == {0, 1} for query in fake.ack_queries)
+    # Each part waits on a channel of its own (one pending ackId per channel), each channel is
+    # asked only for its own ackId.
+    _, first, second = fake.event_requests()
+    assert channel_of(first) != channel_of(second)
+    assert {channel_of(request) for request in fake.ack_requests()} == {
+        channel_of(first),
+        channel_of(second),
+    }
 
 
 async def test_token_with_acks_but_sink_without_is_reported(fake: FakeHec, make: Any) -> None:
@@ -389,12 +514,78 @@ async def test_token_with_acks_but_sink_without_is_reported(fake: FakeHec, make:
 async def test_sink_with_acks_but_token_without_trusts_the_200(
     fake: FakeHec, make: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    metrics, registry = observed()
     sink = make(acknowledgement=ack_settings())
+    sink.use_metrics(metrics)
     with caplog.at_level(logging.WARNING, logger="forwarder.sinks.splunk_hec"):
         await sink.send_batch(prepared(sink, docs(1)))
         await sink.send_batch(prepared(sink, docs(1)))
     assert len(fake.events) == 2 and fake.ack_queries == []
     assert caplog.text.count("does not use it") == 1
+    assert sample(registry, "aha_siem_hec_ack_fallbacks_total", reason="no_ack_id") == 2
+
+
+# -- behind a load balancer ------------------------------------------------------------------
+
+
+@pytest.fixture
+def balancer(server: tuple[AsgiServer, Switch]) -> Any:
+    def build(*, sticky: bool) -> FakeHecCluster:
+        cluster = FakeHecCluster(
+            [FakeHec(TOKEN, ack=True), FakeHec(TOKEN, ack=True)], sticky=sticky
+        )
+        server[1].fake = cluster
+        return cluster
+
+    return build
+
+
+async def test_a_sticky_balancer_keeps_each_channel_on_the_indexer_that_took_its_events(
+    balancer: Any, make: Any
+) -> None:
+    cluster = balancer(sticky=True)
+    broken, _ = cluster.indexers
+    broken.lose_acks = 1000  # takes events (HTTP 200) but never indexes them
+    sink = make(acknowledgement=ack_settings(timeout_seconds=0.3))
+    documents = docs(2)
+    await asyncio.wait_for(sink.send_batch(prepared(sink, documents)), 10)
+
+    assert [envelope["event"] for envelope in cluster.indexed()] == documents
+    first, resend = cluster.event_requests()
+    # The resend went on a new channel without the old cookie: the balancer chose afresh.
+    assert (first.indexer, resend.indexer) == (0, 1)
+    assert first.channel != resend.channel and resend.cookie is None
+    # Every ack query carried its own channel's cookie: asked of the indexer that issued the id.
+    took = {route.channel: route.indexer for route in cluster.event_requests()}
+    queries = [route for route in cluster.routed if route.path == ACK_PATH]
+    assert {query.channel for query in queries} == set(took)
+    assert all(query.cookie == str(took[query.channel]) for query in queries)
+
+
+async def test_colliding_ack_ids_never_settle_a_part_that_was_not_indexed(
+    balancer: Any, make: Any
+) -> None:
+    # No stickiness: the two halves of a split batch reach two indexers, which both number
+    # their first ackId on a channel 0, and every ack query reaches the second indexer.
+    cluster = balancer(sticky=False)
+    broken, _ = cluster.indexers
+    broken.lose_acks = 1000
+    cluster.ack_route = 1
+    sink = make(gzip=False, acknowledgement=ack_settings(timeout_seconds=0.3))
+    documents = docs(4)
+    events = prepared(sink, documents)
+    for indexer in cluster.indexers:
+        indexer.max_content_length = max(len(event) for event in events) * 2 + 2
+
+    outcome = await asyncio.wait_for(
+        deliver(sink, events, metrics(), RetryConfig(initial_backoff_seconds=0.01)), 10
+    )
+
+    assert sorted(outcome.delivered) == [0, 1, 2, 3]
+    indexed = [envelope["event"] for envelope in cluster.indexed()]
+    assert all(doc in indexed for doc in documents)  # delivered means indexed
+    taken = [envelope["event"] for envelope in cluster.events]
+    assert all(taken.count(doc) <= 2 for doc in documents)
 
 
 # -- health ------------------------------------------------------------------------------------
