@@ -143,8 +143,7 @@ async def ship(
             },
         )
     for index, reason in sorted(outcome.rejected.items()):
-        label = "retries_exhausted" if index in outcome.exhausted else "rejected"
-        metrics.sink_dead_lettered.labels(sink.name, label).inc()
+        metrics.sink_dead_lettered.labels(sink.name, outcome.dead_letter_reason(index)).inc()
         await dead_letter(send_dlq, items[index], reason, outcome.attempts, first_try)
     now = time.time()
     for index in outcome.delivered:
@@ -231,6 +230,8 @@ def create_sink_app(
     prepare = Preparer(sink, sink_config, config)
     metrics.rebalancing.labels(name).set(1)
     metrics.sink_up.labels(name).set(0)
+    # At zero from the start, so that the first answer not understood is an increase().
+    metrics.sink_unrecognized.labels(name)
 
     async def ship_agent(stream: faust.StreamT) -> None:
         # A sink that cannot start or answer is reported down, not crashed: its deliveries retry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from forwarder.failures import Failure
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks.config import RetryConfig
 
@@ -24,9 +25,17 @@ log = logging.getLogger("forwarder.sinks")
 
 _LONGEST_RETRY_AFTER = 600.0
 
+UNRECOGNIZED_ANSWER = "unrecognized_answer"
+"""Dead-letter reason of events whose answers the sink could not interpret, attempt after attempt."""
+
 
 class SinkError(Exception):
-    """A delivery that did not succeed; `retriable` says whether trying again can help."""
+    """A delivery that did not succeed; `retriable` says whether trying again can help.
+
+    `failure` is its class in the project's taxonomy (forwarder/failures.py): by default
+    TRANSIENT when retriable, RECORD when not. DESTINATION is retried like TRANSIENT but logged
+    as an error; UNRECOGNIZED is retried at most `retry.max_unrecognized_attempts` times.
+    """
 
     def __init__(
         self,
@@ -35,11 +44,13 @@ class SinkError(Exception):
         retriable: bool,
         retry_after: float | None = None,
         reason: str | None = None,
+        failure: Failure | None = None,
     ) -> None:
         super().__init__(message)
         self.retriable = retriable
         self.retry_after = retry_after
         self.reason = reason or ("unavailable" if retriable else "rejected")
+        self.failure = failure or (Failure.TRANSIENT if retriable else Failure.RECORD)
         self.attempts = 1
 
 
@@ -47,7 +58,9 @@ class PartialFailure(SinkError):
     """Some events of a batch were not taken; the rest were.
 
     `retry` holds the indexes (into the batch given to `send_batch`) worth sending again,
-    `rejected` maps the indexes that never can be taken to the reason.
+    `rejected` maps the indexes that never can be taken to the reason. `unrecognized` maps the
+    indexes of `retry` whose answer the sink could not interpret to what it said: they are
+    retried a bounded number of times only.
     """
 
     def __init__(
@@ -57,10 +70,21 @@ class PartialFailure(SinkError):
         retry: Sequence[int] = (),
         rejected: Mapping[int, str] | None = None,
         retry_after: float | None = None,
+        unrecognized: Mapping[int, str] | None = None,
+        failure: Failure | None = None,
     ) -> None:
-        super().__init__(message, retriable=bool(retry), retry_after=retry_after, reason="partial")
+        super().__init__(
+            message,
+            retriable=bool(retry),
+            retry_after=retry_after,
+            reason="partial",
+            failure=failure,
+        )
         self.retry = tuple(retry)
         self.rejected = dict(rejected or {})
+        self.unrecognized = {
+            index: reason for index, reason in (unrecognized or {}).items() if index in self.retry
+        }
 
 
 @dataclass(frozen=True)
@@ -70,10 +94,16 @@ class Ok:
 
 @dataclass(frozen=True)
 class Retry:
-    """Worth trying again, after `after` seconds when the destination said so."""
+    """Worth trying again, after `after` seconds when the destination said so.
+
+    `failure` says why: TRANSIENT (as long as it takes), DESTINATION (as long as it takes, logged
+    as an error: an operator must act) or UNRECOGNIZED (an answer the sink could not interpret:
+    a bounded number of times, then the DLQ).
+    """
 
     reason: str
     after: float | None = None
+    failure: Failure = Failure.TRANSIENT
 
 
 @dataclass(frozen=True)
@@ -89,7 +119,12 @@ Verdict = Ok | Retry | Reject
 def raise_for(verdict: Verdict, message: str) -> None:
     """Turn a classifier's verdict into the SinkError `deliver` understands (Ok returns)."""
     if isinstance(verdict, Retry):
-        raise SinkError(f"{message}: {verdict.reason}", retriable=True, retry_after=verdict.after)
+        raise SinkError(
+            f"{message}: {verdict.reason}",
+            retriable=True,
+            retry_after=verdict.after,
+            failure=verdict.failure,
+        )
     if isinstance(verdict, Reject):
         raise SinkError(f"{message}: {verdict.reason}", retriable=False, reason="rejected")
 
@@ -104,7 +139,13 @@ def partial_failure(verdicts: Mapping[int, Verdict], message: str) -> PartialFai
     }
     if not retry and not rejected:
         return None
-    waits = [v.after for v in verdicts.values() if isinstance(v, Retry) and v.after]
+    retried = [verdict for verdict in verdicts.values() if isinstance(verdict, Retry)]
+    waits = [verdict.after for verdict in retried if verdict.after]
+    unrecognized = {
+        index: verdict.reason
+        for index, verdict in sorted(verdicts.items())
+        if isinstance(verdict, Retry) and verdict.failure is Failure.UNRECOGNIZED
+    }
     first = next(iter(rejected.values()), None)
     if first is None:
         verdict = verdicts[retry[0]]
@@ -115,7 +156,18 @@ def partial_failure(verdicts: Mapping[int, Verdict], message: str) -> PartialFai
         retry=retry,
         rejected=rejected,
         retry_after=max(waits) if waits else None,
+        unrecognized=unrecognized,
+        failure=_worst(verdict.failure for verdict in retried) if retry else None,
     )
+
+
+def _worst(failures: Iterable[Failure]) -> Failure:
+    """The class a batch's retried events are reported under: a person's job first."""
+    found = set(failures)
+    for failure in (Failure.DESTINATION, Failure.UNRECOGNIZED):
+        if failure in found:
+            return failure
+    return Failure.TRANSIENT
 
 
 def settle_batch(
@@ -178,7 +230,24 @@ class Outcome:
     delivered: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     exhausted: set[int] = field(default_factory=set)  # rejected because retries ran out
+    # Rejected because the destination's answers about them could not be understood.
+    unrecognized: set[int] = field(default_factory=set)
     attempts: int = 0
+
+    def dead_letter_reason(self, index: int) -> str:
+        """The reason label of a rejected event: rejected, retries_exhausted, unrecognized_answer."""
+        if index in self.unrecognized:
+            return UNRECOGNIZED_ANSWER
+        if index in self.exhausted:
+            return "retries_exhausted"
+        return "rejected"
+
+
+def _only_unrecognized(error: SinkError) -> bool:
+    """Whether every event `error` retries is retried for an answer not understood."""
+    if isinstance(error, PartialFailure):
+        return len(error.unrecognized) == len(error.retry)
+    return error.failure is Failure.UNRECOGNIZED
 
 
 class _Retryable(Exception):
@@ -198,11 +267,15 @@ async def deliver(
     """Send one batch, retrying what can succeed until the destination acknowledges it.
 
     Returns which events were delivered and which were rejected (to be dead-lettered): a
-    rejection, a partial failure's rejected items, or retries exhausted under `max_attempts`.
+    rejection, a partial failure's rejected items, retries exhausted under `max_attempts`, or
+    `max_unrecognized_attempts` answers the sink could not interpret (whatever `max_attempts`
+    says: an answer nobody understands must not hold back the events behind it for ever).
     """
     retry = retry or RetryConfig()
     outcome = Outcome()
     pending = list(range(len(events)))
+    # Per event: the attempts whose answer about it could not be interpreted.
+    unread: dict[int, int] = {}
     backoff = wait_exponential_jitter(
         multiplier=retry.initial_backoff_seconds,
         max=retry.max_backoff_seconds,
@@ -220,15 +293,56 @@ async def deliver(
         metrics.sink_retries.labels(sink.name).inc()
         metrics.sink_up.labels(sink.name).set(0)
         error = state.outcome.exception() if state.outcome else None
+        failure = error.error.failure if isinstance(error, _Retryable) else Failure.TRANSIENT
+        if isinstance(error, _Retryable) and _only_unrecognized(error.error):
+            return  # logged with the answer when it came
+        extra = {
+            "sink": sink.name,
+            "attempt": state.attempt_number,
+            "events": len(pending),
+            "failure": str(failure),
+            "error": str(error),
+        }
+        if failure is Failure.DESTINATION:
+            # Configuration or credentials: nothing changes until a person acts, and nothing is
+            # dropped meanwhile (the sink is reported down).
+            log.error("sink destination refuses the sink's settings, events wait", extra=extra)
+        else:
+            log.warning("sink delivery failed, retrying", extra=extra)
+
+    def not_understood(indexes: Sequence[int], answers: Mapping[int, str], attempt: int) -> None:
+        """Count one answer not understood about `indexes`; dead-letter the events that had
+        `max_unrecognized_attempts` of them and drop them from `pending`."""
+        nonlocal pending
+        metrics.sink_unrecognized.labels(sink.name).inc()
+        for index in indexes:
+            unread[index] = unread.get(index, 0) + 1
+        spent = [index for index in indexes if unread[index] >= retry.max_unrecognized_attempts]
         log.warning(
-            "sink delivery failed, retrying",
+            "sink could not interpret the destination's answer",
             extra={
                 "sink": sink.name,
-                "attempt": state.attempt_number,
-                "events": len(pending),
-                "error": str(error),
+                "attempt": attempt,
+                "events": len(indexes),
+                "unrecognized_attempts": max(unread[index] for index in indexes),
+                "max_unrecognized_attempts": retry.max_unrecognized_attempts,
+                "answer": answers[indexes[0]],
             },
         )
+        if not spent:
+            return
+        log.error(
+            "sink could not interpret the destination's answers, dead-lettering",
+            extra={"sink": sink.name, "events": len(spent), "answer": answers[spent[0]]},
+        )
+        for index in spent:
+            outcome.rejected[index] = (
+                f"{UNRECOGNIZED_ANSWER}: the destination's answer could not be understood "
+                f"({unread[index]} attempts): {answers[index]}"
+            )
+            outcome.unrecognized.add(index)
+        gone = set(spent)
+        pending = [index for index in pending if index not in gone]
 
     started = time.perf_counter()
     try:
@@ -250,20 +364,32 @@ async def deliver(
                     for position, reason in error.rejected.items():
                         outcome.rejected[pending[position]] = reason
                     retried = {pending[position] for position in error.retry}
+                    unrecognized = {
+                        pending[position]: answer for position, answer in error.unrecognized.items()
+                    }
                     outcome.delivered.extend(
                         index
                         for index in pending
                         if index not in retried and index not in outcome.rejected
                     )
                     pending = [index for index in pending if index in retried]
+                    if unrecognized:
+                        not_understood(list(unrecognized), unrecognized, outcome.attempts)
                     if pending:
                         raise _Retryable(error) from None
                 except SinkError as error:
-                    if error.retriable:
+                    if not error.retriable:
+                        for index in pending:
+                            outcome.rejected[index] = str(error)
+                        pending = []
+                    elif error.failure is Failure.UNRECOGNIZED:
+                        not_understood(
+                            pending, dict.fromkeys(pending, str(error)), outcome.attempts
+                        )
+                        if pending:
+                            raise _Retryable(error) from None
+                    else:
                         raise _Retryable(error) from None
-                    for index in pending:
-                        outcome.rejected[index] = str(error)
-                    pending = []
                 else:
                     outcome.delivered.extend(pending)
                     pending = []

@@ -59,6 +59,8 @@ class RetryConfig(SinkModel):
     """Longest wait between two attempts."""
     max_attempts: int | None = Field(default=None, ge=1)
     """Attempts before a batch goes to the DLQ (reason retries_exhausted); null: until delivered."""
+    max_unrecognized_attempts: int = Field(default=3, ge=1)
+    """Attempts met by an answer the sink cannot interpret, then the DLQ (unrecognized_answer)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> RetryConfig:

@@ -1,12 +1,24 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from forwarder.failures import Failure
 from forwarder.metrics import SinkMetrics
-from forwarder.sinks.base import PartialFailure, SinkError, deliver
+from forwarder.sinks.base import (
+    UNRECOGNIZED_ANSWER,
+    Ok,
+    PartialFailure,
+    Retry,
+    SinkError,
+    Verdict,
+    deliver,
+    partial_failure,
+    raise_for,
+)
 from forwarder.sinks.config import RetryConfig
 
 
@@ -127,3 +139,135 @@ async def test_retry_after_from_the_destination_sets_the_wait(
     worker_metrics, _ = metrics()
     await deliver(sink, [b"a"], worker_metrics, RetryConfig(initial_backoff_seconds=0.1))
     assert waits == [7.0]
+
+
+def unreadable(answer: str = "HTTP 200: <html>Welcome</html>") -> SinkError:
+    return SinkError(answer, retriable=True, retry_after=0.0, failure=Failure.UNRECOGNIZED)
+
+
+async def test_an_answer_not_understood_is_retried_a_bounded_number_of_times_then_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # max_attempts is None (retry for ever), yet an answer the sink cannot interpret is not
+    # looped on: max_unrecognized_attempts attempts, each logged with the answer, then the DLQ.
+    caplog.set_level(logging.WARNING, logger="forwarder.sinks")
+    sink = ScriptedSink(*[unreadable() for _ in range(10)])
+    worker_metrics, registry = metrics()
+    retry = RetryConfig(max_unrecognized_attempts=4)
+    assert retry.max_attempts is None
+    outcome = await deliver(sink, [b"a", b"b"], worker_metrics, retry)
+    assert sink.calls == 4
+    assert outcome.attempts == 4
+    assert outcome.delivered == []
+    assert outcome.unrecognized == {0, 1}
+    assert outcome.exhausted == set()
+    for index, reason in outcome.rejected.items():
+        assert outcome.dead_letter_reason(index) == UNRECOGNIZED_ANSWER
+        assert reason == (
+            "unrecognized_answer: the destination's answer could not be understood "
+            "(4 attempts): HTTP 200: <html>Welcome</html>"
+        )
+    assert (
+        registry.get_sample_value("aha_siem_sink_unrecognized_answers_total", {"sink": "scripted"})
+        == 4
+    )
+    assert registry.get_sample_value("aha_siem_sink_retries_total", {"sink": "scripted"}) == 3
+    warned = [
+        r for r in caplog.records if r.__dict__.get("answer") and r.levelno == logging.WARNING
+    ]
+    assert [r.__dict__["unrecognized_attempts"] for r in warned] == [1, 2, 3, 4]
+    assert all("<html>Welcome</html>" in r.__dict__["answer"] for r in warned)
+    assert any(
+        r.levelno == logging.ERROR and "dead-lettering" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_the_default_bound_is_three_and_an_understood_answer_in_between_is_no_reset() -> None:
+    # An outage between two unreadable answers neither counts nor resets the count.
+    sink = ScriptedSink(
+        unreadable(), SinkError("503", retriable=True, retry_after=0.0), unreadable(), unreadable()
+    )
+    worker_metrics, _ = metrics()
+    outcome = await deliver(sink, [b"a"], worker_metrics, RetryConfig())
+    assert RetryConfig().max_unrecognized_attempts == 3
+    assert sink.calls == 4
+    assert outcome.unrecognized == {0}
+    # And when the destination then answers plainly, the events go through.
+    sink = ScriptedSink(unreadable(), unreadable())
+    outcome = await deliver(sink, [b"a"], worker_metrics, RetryConfig())
+    assert outcome.delivered == [0] and outcome.rejected == {}
+
+
+class UnreadItemSink(ScriptedSink):
+    """Takes every event but `unread`, whose item in the answer it never understands."""
+
+    def __init__(self, unread: bytes) -> None:
+        super().__init__()
+        self.unread = unread
+        self.batches: list[list[bytes]] = []
+
+    async def send_batch(self, events: Sequence[bytes]) -> None:
+        self.calls += 1
+        self.batches.append(list(events))
+        verdicts: dict[int, Verdict] = {
+            position: Retry("bulk item without a status", 0.0, Failure.UNRECOGNIZED)
+            if event == self.unread
+            else Ok()
+            for position, event in enumerate(events)
+        }
+        self.delivered.extend(event for event in events if event != self.unread)
+        failure = partial_failure(verdicts, "bulk")
+        if failure is not None:
+            raise failure
+
+
+async def test_one_item_not_understood_is_bounded_alone_and_the_rest_delivered() -> None:
+    sink = UnreadItemSink(b"b")
+    worker_metrics, registry = metrics()
+    outcome = await deliver(sink, [b"a", b"b", b"c"], worker_metrics, RetryConfig())
+    assert sink.batches == [[b"a", b"b", b"c"], [b"b"], [b"b"]]
+    assert sorted(outcome.delivered) == [0, 2]
+    assert outcome.unrecognized == {1}
+    assert outcome.rejected[1].startswith("unrecognized_answer: ")
+    assert outcome.rejected[1].endswith("(3 attempts): bulk item without a status")
+    assert registry.get_sample_value("aha_siem_sink_events_sent_total", {"sink": "scripted"}) == 2
+
+
+def test_verdicts_carry_their_failure_class_into_the_error() -> None:
+    with pytest.raises(SinkError) as caught:
+        raise_for(Retry("401", failure=Failure.DESTINATION), "post")
+    assert caught.value.retriable and caught.value.failure is Failure.DESTINATION
+    with pytest.raises(SinkError) as caught:
+        raise_for(Retry("503"), "post")
+    assert caught.value.failure is Failure.TRANSIENT
+    # Sinks that never heard of the taxonomy keep working: retriable is transient, else record.
+    assert SinkError("x", retriable=True).failure is Failure.TRANSIENT
+    assert SinkError("x", retriable=False).failure is Failure.RECORD
+    partial = partial_failure(
+        {0: Ok(), 1: Retry("busy"), 2: Retry("403", failure=Failure.DESTINATION)}, "bulk"
+    )
+    assert partial is not None and partial.failure is Failure.DESTINATION
+    assert partial.unrecognized == {}
+
+
+async def test_a_destination_failure_is_logged_as_an_error_and_reports_the_sink_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forwarder.sinks")
+    refused = SinkError(
+        "HTTP 403 (check the credentials)",
+        retriable=True,
+        retry_after=0.0,
+        failure=Failure.DESTINATION,
+    )
+    sink = ScriptedSink(*[refused] * 6)
+    worker_metrics, registry = metrics()
+    outcome = await deliver(sink, [b"a"], worker_metrics, RetryConfig())
+    # Never dropped, however long it takes (here: until the credentials were fixed).
+    assert sink.calls == 7 and outcome.delivered == [0] and outcome.rejected == {}
+    errors = [r for r in caplog.records if r.__dict__.get("failure") == "destination"]
+    assert len(errors) == 6 and all(r.levelno == logging.ERROR for r in errors)
+    worker_metrics, registry = metrics()
+    sink = ScriptedSink(*[refused] * 3)
+    await deliver(sink, [b"a"], worker_metrics, RetryConfig(max_attempts=2))
+    assert registry.get_sample_value("aha_siem_sink_up", {"sink": "scripted"}) == 0
