@@ -4,7 +4,8 @@ Faithful to the bulk API where the sink depends on it: NDJSON action/source pair
 newline, `create` failing with a 409 item when the `_id` exists in that index, data streams
 taking only `create` and only documents with `@timestamp`, per-item errors in request order,
 `errors` true when any item failed, security errors as Elasticsearch words them. Switches make
-chosen items or whole requests fail, and answers slow.
+chosen items or whole requests fail, answers slow, and `_bulk` answers abbreviated or garbled
+the way some Elasticsearch-compatible endpoints answer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import gzip
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import orjson
@@ -28,6 +29,12 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _ACTIONS = ("index", "create", "update", "delete")
+
+BulkAnswer = Literal["errors_false_empty", "errors_false_fewer", "errors_true_fewer", "not_json"]
+"""How `mangle_bulk_answers` changes a `_bulk` answer (the work itself is done as usual):
+`errors_false_empty`: `{"errors": false, "items": []}`; `errors_false_fewer`: `errors: false`
+and only the first half of the items; `errors_true_fewer`: `errors: true` and every item but
+the last; `not_json`: 200 with a plain-text body."""
 
 
 @dataclass
@@ -86,6 +93,10 @@ class FakeElasticsearch:
     requests: list[Recorded] = field(default_factory=list)
     item_failures: dict[str, ItemFailure] = field(default_factory=dict)
     request_failures: list[RequestFailure] = field(default_factory=list)
+    bulk_answer: BulkAnswer | None = None
+    """Change the answer of successful `_bulk` requests (see BulkAnswer)."""
+    bulk_answer_times: int | None = None
+    """How many more answers to change; None: all."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -111,6 +122,12 @@ class FakeElasticsearch:
         """Make the next `times` requests fail as a whole."""
         with self._lock:
             self.request_failures.append(RequestFailure(status, type, reason, times, retry_after))
+
+    def mangle_bulk_answers(self, answer: BulkAnswer | None, times: int | None = None) -> None:
+        """Change the next `times` (None: every) successful `_bulk` answers; None: stop."""
+        with self._lock:
+            self.bulk_answer = answer
+            self.bulk_answer_times = times
 
     def ids(self, index: str) -> set[str]:
         """The `_id`s created in `index`."""
@@ -145,7 +162,10 @@ class FakeElasticsearch:
             await asyncio.sleep(self.delay_seconds)
         status, answer, extra = self._handle(recorded)
         recorded.status = status
-        await _send_json(send, status, answer, extra)
+        if isinstance(answer, bytes):
+            await _send(send, status, answer, "text/plain; charset=utf-8", extra)
+        else:
+            await _send_json(send, status, answer, extra)
 
     def _handle(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
         authenticated = self._authenticate(request.headers.get("authorization"), request.path)
@@ -293,7 +313,25 @@ class FakeElasticsearch:
             line += 1
             items.append({action: self._item(action, meta, source_line)})
         errors = any("error" in next(iter(item.values())) for item in items)
-        return 200, {"took": 3, "errors": errors, "items": items}, {}
+        return 200, self._mangled({"took": 3, "errors": errors, "items": items}), {}
+
+    def _mangled(self, answer: dict[str, Any]) -> Any:
+        with self._lock:
+            mode = self.bulk_answer
+            if mode is None:
+                return answer
+            if self.bulk_answer_times is not None:
+                self.bulk_answer_times -= 1
+                if self.bulk_answer_times <= 0:
+                    self.bulk_answer = self.bulk_answer_times = None
+        items = answer["items"]
+        if mode == "errors_false_empty":
+            return answer | {"errors": False, "items": []}
+        if mode == "errors_false_fewer":
+            return answer | {"errors": False, "items": items[: len(items) // 2]}
+        if mode == "errors_true_fewer":
+            return answer | {"errors": True, "items": items[:-1]}
+        return b"OK"
 
     def _item(self, action: str, meta: dict[str, Any], source_line: bytes | None) -> dict[str, Any]:
         index = str(meta.get("_index") or "")
@@ -369,8 +407,16 @@ def _item_error(status: int, type: str, reason: str, index: str) -> dict[str, An
 
 
 async def _send_json(send: Send, status: int, answer: Any, extra: dict[str, str]) -> None:
-    body = orjson.dumps(answer)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await _send(send, status, orjson.dumps(answer), "application/json", extra)
+
+
+async def _send(
+    send: Send, status: int, body: bytes, content_type: str, extra: dict[str, str]
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
     headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -11,14 +11,13 @@ import orjson
 
 from forwarder.sinks.base import (
     Ok,
-    Retry,
     SinkError,
     Verdict,
     raise_for,
     settle_batch,
 )
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
-from forwarder.sinks.elasticsearch.retry import classify_item, classify_response
+from forwarder.sinks.elasticsearch.retry import classify_bulk, classify_response
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
 from forwarder.sinks.ids import event_key
 
@@ -165,21 +164,12 @@ class ElasticsearchSink:
             )
         if not isinstance(verdict, Ok):
             return _for_all(verdict, positions, verdicts, whole)
-        answer = _json_object(response.content)
-        items = answer.get("items")
-        if not isinstance(items, list) or len(items) != len(positions):
-            malformed = Retry(f"bulk answer without one item per event (HTTP {status})")
-            return _for_all(malformed, positions, verdicts, whole)
-        if answer.get("errors") is False:
-            for position in positions:
-                verdicts[position] = Ok()
-            return None
-        for position, item in zip(positions, items, strict=True):
-            # Each item is {"<action>": {...}}, in the order of the actions sent.
-            result: Mapping[str, Any] = {}
-            if isinstance(item, Mapping) and item:
-                result = next(iter(item.values())) or {}
-            verdicts[position] = classify_item(_status(result), result.get("error"))
+        answer = classify_bulk(status, response.content, len(positions))
+        if not isinstance(answer, list):
+            # All created (`errors: false`), or an answer that cannot be read item by item.
+            return _for_all(answer, positions, verdicts, whole)
+        # One verdict per item, in the order of the actions sent.
+        verdicts.update(zip(positions, answer, strict=True))
         return None
 
     def _ensure_client(self) -> httpx.AsyncClient:
@@ -211,12 +201,6 @@ def _with_timestamp(payload: bytes, timestamp: Any) -> bytes:
     rest = payload[1:].lstrip()
     separator = b"" if rest.startswith(b"}") else b","
     return b'{"@timestamp":' + orjson.dumps(timestamp) + separator + rest
-
-
-def _status(result: Mapping[str, Any]) -> int:
-    status = result.get("status")
-    # An item without a status is an answer we do not understand: try again rather than lose it.
-    return status if isinstance(status, int) else 500
 
 
 def _json_object(content: bytes) -> dict[str, Any]:

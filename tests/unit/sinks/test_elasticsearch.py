@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,20 +16,24 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from forwarder.config import Config
+from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
+from forwarder.pipeline.sink_app import Prepared, ship
 from forwarder.sinks import create_sink
-from forwarder.sinks.base import PartialFailure, SinkError, deliver
+from forwarder.sinks.base import UNRECOGNIZED_ANSWER, PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
 from forwarder.sinks.elasticsearch.sink import ElasticsearchSink
 from forwarder.sinks.ids import event_key
-from tests.fakes.elasticsearch import FakeElasticsearch
+from tests.fakes.elasticsearch import BulkAnswer, FakeElasticsearch
 from tests.fakes.server import AsgiServer
 from tests.helpers import normalized_sample, sample_paths
 
 INDEX = "logs-aha.audit-default"
 FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
+# Long enough for any bounded delivery here; a delivery still retrying then is a wedge.
+WEDGED_AFTER_SECONDS = 10.0
 
 
 def documents(count: int) -> list[dict[str, Any]]:
@@ -222,6 +228,179 @@ async def test_accepted_credentials(credentials: dict[str, str]) -> None:
     assert len(fake.ids(INDEX)) == 1
 
 
+@pytest.mark.parametrize("answer", ["errors_false_empty", "errors_false_fewer"])
+async def test_errors_false_delivers_the_batch_whatever_the_items_hold(
+    cluster: tuple[FakeElasticsearch, AsgiServer], answer: BulkAnswer
+) -> None:
+    # Elasticsearch-compatible endpoints seen answering `errors: false` with no items, or fewer:
+    # by the Bulk API's contract every action succeeded, so each batch is sent once.
+    fake, server = cluster
+    fake.mangle_bulk_answers(answer)
+    sink = sink_for(server.url)
+    docs = documents(9)
+    events = prepared(sink, docs)
+    metrics = SinkMetrics(CollectorRegistry())
+    outcomes = []
+    try:
+        for start in range(0, len(events), 3):
+            batch = events[start : start + 3]
+            outcomes.append(
+                await asyncio.wait_for(
+                    deliver(sink, batch, metrics, FAST_RETRY), WEDGED_AFTER_SECONDS
+                )
+            )
+    finally:
+        await sink.close()
+    for outcome in outcomes:
+        assert sorted(outcome.delivered) == [0, 1, 2]
+        assert outcome.rejected == {}
+        assert outcome.attempts == 1
+    assert len(fake.bulk_requests()) == 3  # one request per batch, no resend
+    assert fake.ids(INDEX) == {event_key(doc) for doc in docs}
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ("errors_true_fewer", "errors=true and 2 items for 3 actions"),
+        ("not_json", "bulk answer is not JSON (HTTP 200): OK"),
+    ],
+)
+async def test_an_answer_not_matching_the_actions_is_resent_a_few_times_then_dead_lettered(
+    cluster: tuple[FakeElasticsearch, AsgiServer], answer: BulkAnswer, said: str
+) -> None:
+    # Retrying for ever (the default) must not apply to an answer nobody can read: the batch is
+    # resent max_unrecognized_attempts times, dead-lettered, and the batch behind it goes on.
+    fake, server = cluster
+    limit = FAST_RETRY.max_unrecognized_attempts
+    fake.mangle_bulk_answers(answer, times=limit)
+    sink = sink_for(server.url)
+    docs = documents(5)
+    events = prepared(sink, docs)
+    registry = CollectorRegistry()
+    metrics = SinkMetrics(registry)
+    try:
+        first = await asyncio.wait_for(
+            deliver(sink, events[:3], metrics, FAST_RETRY), WEDGED_AFTER_SECONDS
+        )
+        requests_for_first = len(fake.bulk_requests())
+        behind = await asyncio.wait_for(
+            deliver(sink, events[3:], metrics, FAST_RETRY), WEDGED_AFTER_SECONDS
+        )
+    finally:
+        await sink.close()
+    assert requests_for_first == limit == 3
+    assert first.delivered == []
+    assert first.unrecognized == {0, 1, 2}
+    assert set(first.rejected) == {0, 1, 2}
+    for index, reason in first.rejected.items():
+        assert first.dead_letter_reason(index) == UNRECOGNIZED_ANSWER
+        assert reason.startswith(f"{UNRECOGNIZED_ANSWER}: the destination's answer could not")
+        assert said in reason
+    assert sorted(behind.delivered) == [0, 1] and behind.rejected == {}
+    assert len(fake.bulk_requests()) == limit + 1
+    assert {event_key(doc) for doc in docs[3:]} <= fake.ids(INDEX)
+    assert registry.get_sample_value(
+        "aha_siem_sink_unrecognized_answers_total", {"sink": "es"}
+    ) == float(limit)
+
+
+async def test_a_sink_process_dead_letters_unrecognized_answers_with_their_reason(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    config = ElasticsearchSinkConfig.model_validate(
+        {"type": "elasticsearch", "name": "es", "url": server.url, "retry": FAST_RETRY}
+    )
+    sink = ElasticsearchSink(config)
+    docs = documents(2)
+    items = [
+        Prepared(key=event_key(doc).encode(), value=orjson.dumps(doc), payload=event)
+        for doc, event in zip(docs, prepared(sink, docs), strict=True)
+    ]
+    dead: list[dict[str, Any]] = []
+
+    async def send_dlq(**message: Any) -> asyncio.Future[None]:
+        dead.append(message)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    fake.mangle_bulk_answers("errors_true_fewer")
+    registry = CollectorRegistry()
+    try:
+        shipped = await asyncio.wait_for(
+            ship(sink, config, items, SinkMetrics(registry), send_dlq), WEDGED_AFTER_SECONDS
+        )
+    finally:
+        await sink.close()
+    assert shipped == (0, 2)
+    assert [message["value"] for message in dead] == [item.value for item in items]
+    headers = dict(dead[0]["headers"])
+    assert headers["error"].startswith(b"unrecognized_answer: the destination's answer could not")
+    assert headers["attempts"] == b"3"
+    assert (
+        registry.get_sample_value(
+            "aha_siem_sink_dead_lettered_total", {"sink": "es", "reason": "unrecognized_answer"}
+        )
+        == 2.0
+    )
+
+
+async def test_an_unmatched_answer_to_half_of_a_split_request_marks_those_events(
+    cluster: tuple[FakeElasticsearch, AsgiServer],
+) -> None:
+    fake, server = cluster
+    sink = sink_for(server.url)
+    events = prepared(sink, documents(4))
+    fake.max_content_length = max(len(event) for event in events) * 2
+    fake.mangle_bulk_answers("errors_true_fewer")
+    try:
+        with pytest.raises(PartialFailure) as caught:
+            await sink.send_batch(events)
+    finally:
+        await sink.close()
+    assert caught.value.retry == (0, 1, 2, 3)
+    assert sorted(caught.value.unrecognized) == [0, 1, 2, 3]
+    assert caught.value.failure is Failure.UNRECOGNIZED
+    assert "1 items for 2 actions" in caught.value.unrecognized[0]
+
+
+async def test_refused_credentials_wait_reported_down_and_logged_as_the_destinations(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeElasticsearch(api_keys={"key-id:key-secret"})
+    registry = CollectorRegistry()
+    caplog.set_level(logging.WARNING, logger="forwarder.sinks")
+    with AsgiServer(fake) as server:
+        sink = sink_for(server.url, api_key="key-id:wrong-secret")
+        try:
+            outcome = await deliver(
+                sink,
+                prepared(sink, documents(1)),
+                SinkMetrics(registry),
+                FAST_RETRY.model_copy(update={"max_attempts": 5}),
+            )
+        finally:
+            await sink.close()
+    # Retried like any outage (here up to max_attempts), never counted as unrecognized.
+    assert outcome.attempts == 5 and outcome.unrecognized == set()
+    assert registry.get_sample_value("aha_siem_sink_up", {"sink": "es"}) == 0
+    unrecognized = registry.get_sample_value(
+        "aha_siem_sink_unrecognized_answers_total", {"sink": "es"}
+    )
+    assert unrecognized is None
+    refused = [
+        record
+        for record in caplog.records
+        if record.name == "forwarder.sinks" and getattr(record, "failure", None) == "destination"
+    ]
+    assert len(refused) == 4  # one per retry
+    assert all(record.levelno == logging.ERROR for record in refused)
+    logged = refused[0].__dict__["error"]
+    assert "HTTP 401" in logged and "credentials" in logged and "wrong-secret" not in logged
+
+
 async def test_bad_credentials_are_retriable_and_never_shown() -> None:
     fake = FakeElasticsearch(api_keys={"key-id:key-secret"})
     with AsgiServer(fake) as server:
@@ -241,6 +420,7 @@ async def test_bad_credentials_are_retriable_and_never_shown() -> None:
             await sink.close()
     for error in (health.value, sent.value):
         assert error.retriable is True
+        assert error.failure is Failure.DESTINATION
         assert "HTTP 401" in str(error) and "credentials" in str(error)
         assert "wrong-secret" not in str(error)
     assert outcome.attempts == 2  # retried, not rejected at once
