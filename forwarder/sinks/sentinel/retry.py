@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 from forwarder.sinks.http_common import retry_after
 
@@ -22,15 +23,21 @@ def classify(status: int, headers: Mapping[str, str], body: bytes = b"") -> Verd
     if code or message:
         detail += f" {code or 'error'}: {message}".rstrip(": ")
     if status == 401:
-        return Retry(f"{detail} (token rejected; check tenant_id, client_id and scope)")
+        return Retry(
+            f"{detail} (token rejected; check tenant_id, client_id and scope)",
+            failure=Failure.DESTINATION,
+        )
     if status == 403:
         # Settings an operator fixes; the events wait for them rather than go to the DLQ.
         return Retry(
             f"{detail} (the app needs the Monitoring Metrics Publisher role on the DCR; "
-            "a new role assignment can take 30 minutes to apply)"
+            "a new role assignment can take 30 minutes to apply)",
+            failure=Failure.DESTINATION,
         )
     if status == 404:
-        return Retry(f"{detail} (check dce_endpoint and dcr_immutable_id)")
+        return Retry(
+            f"{detail} (check dce_endpoint and dcr_immutable_id)", failure=Failure.DESTINATION
+        )
     if status in (408, 429) or status >= 500:
         return Retry(detail, retry_after(headers))
     if status == 413:
@@ -51,7 +58,10 @@ def classify_token(status: int, headers: Mapping[str, str], body: bytes = b"") -
     detail = detail[:_DETAIL_CHARS]
     if status in (408, 429) or status >= 500:
         return Retry(f"token endpoint {detail}", retry_after(headers))
-    return Retry(f"token request refused, {detail} (check tenant_id, client_id, client_secret)")
+    return Retry(
+        f"token request refused, {detail} (check tenant_id, client_id, client_secret)",
+        failure=Failure.DESTINATION,
+    )
 
 
 def _azure_error(headers: Mapping[str, str], body: bytes) -> tuple[str, str]:

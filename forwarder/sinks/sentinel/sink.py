@@ -144,7 +144,7 @@ class SentinelSink:
                 token = await tokens.token()
             except SinkError as error:
                 # A verdict, not an exception: halves of a split already sent stay delivered.
-                return Retry(str(error), error.retry_after)
+                return Retry(str(error), error.retry_after, error.failure)
             headers["Authorization"] = f"Bearer {token}"
             headers["x-ms-client-request-id"] = str(uuid.uuid4())
             try:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import SecretStr
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import SinkError, raise_for
 from forwarder.sinks.http_common import classify_exception
 from forwarder.sinks.sentinel.retry import classify_token
@@ -101,8 +102,13 @@ class TokenProvider:
             # v2.0 answers a number, the older endpoint a string of digits.
             lifetime = float(answer.get("expires_in", 3600))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            # Not understood, but not about the events either (they were never sent): a
+            # token_url that is not Entra's. Dead-lettering would empty the queue into the
+            # DLQ without reaching anything, so the events wait, as for refused credentials.
             raise SinkError(
-                "token endpoint answered without access_token/expires_in", retriable=True
+                "token endpoint answered without access_token/expires_in (check token_url)",
+                retriable=True,
+                failure=Failure.DESTINATION,
             ) from None
         margin = min(_REFRESH_MARGIN_SECONDS, lifetime / 5)
         self._token = token

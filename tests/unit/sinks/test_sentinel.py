@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from forwarder.config import Config
+from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks import create_sink
@@ -24,7 +25,7 @@ from forwarder.sinks.ids import event_key
 from forwarder.sinks.sentinel.config import SentinelSinkConfig
 from forwarder.sinks.sentinel.sink import SentinelSink
 from tests.fakes.sentinel import FakeAzure
-from tests.fakes.server import AsgiServer
+from tests.fakes.server import AsgiServer, read_body
 from tests.helpers import normalized_sample, sample_paths
 
 FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05, max_attempts=2)
@@ -199,6 +200,7 @@ async def test_bad_credentials_wait_instead_of_dead_lettering(
         await sink.close()
     for raised in (health.value, sent.value):
         assert raised.retriable is True
+        assert raised.failure is Failure.DESTINATION  # logged as an error, never dropped
         assert error in str(raised)
         assert "not-the-secret" not in str(raised) and fake.client_secret not in str(raised)
     assert outcome.attempts == 2 and outcome.delivered == []
@@ -232,7 +234,35 @@ async def test_refusals_of_the_rule_say_what_to_fix(
         finally:
             await sink.close()
     assert caught.value.retriable is retriable
+    assert caught.value.failure is (Failure.DESTINATION if retriable else Failure.RECORD)
     assert f"HTTP {status}" in str(caught.value) and hint in str(caught.value)
+    assert fake.rows == []
+
+
+async def test_a_token_answer_without_a_token_waits_as_a_destination_failure() -> None:
+    # Not understood, but the events were never sent: they wait for the token_url to be fixed
+    # (sink down, error logs) instead of going to the DLQ after a few attempts.
+    async def sign_in_page(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"<html>Sign in</html>"})
+
+    fake = FakeAzure()
+    with AsgiServer(fake) as server, AsgiServer(sign_in_page) as portal:
+        sink = sink_for(fake, server.url, token_url=f"{portal.url}/token")
+        events = prepared(sink, documents(1))
+        try:
+            with pytest.raises(SinkError) as caught:
+                await sink.send_batch(events)
+            outcome = await deliver(sink, events, SinkMetrics(CollectorRegistry()), FAST_RETRY)
+        finally:
+            await sink.close()
+    assert caught.value.retriable is True
+    assert caught.value.failure is Failure.DESTINATION
+    assert "without access_token" in str(caught.value) and "token_url" in str(caught.value)
+    assert outcome.attempts == 2 and outcome.unrecognized == set()
     assert fake.rows == []
 
 

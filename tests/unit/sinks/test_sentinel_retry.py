@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry
 from forwarder.sinks.sentinel.retry import classify, classify_token
 
@@ -133,3 +134,22 @@ def test_token_answers_never_drop_events(
         assert shown in result.reason
         # Only the first line of Entra's description: no trace ids piling up in logs.
         assert "Trace ID" not in result.reason
+
+
+@pytest.mark.parametrize(
+    ("verdict", "failure"),
+    [
+        (classify(401, {}, azure("InvalidAuthenticationToken", "expired")), Failure.DESTINATION),
+        (classify(403, {}, azure("OperationFailed", "no access")), Failure.DESTINATION),
+        (classify(404, {}, azure("NotFound", "no such rule")), Failure.DESTINATION),
+        (classify(503, {}, b""), Failure.TRANSIENT),
+        (classify_token(401, {}, entra("invalid_client", "bad secret")), Failure.DESTINATION),
+        (classify_token(400, {}, entra("invalid_scope", "bad scope")), Failure.DESTINATION),
+        (classify_token(429, {}, b""), Failure.TRANSIENT),
+    ],
+)
+def test_what_an_operator_must_fix_is_marked_as_the_destinations(
+    verdict: Retry, failure: Failure
+) -> None:
+    assert isinstance(verdict, Retry)
+    assert verdict.failure is failure
