@@ -561,6 +561,12 @@ async def test_a_sticky_balancer_keeps_each_channel_on_the_indexer_that_took_its
     assert {query.channel for query in queries} == set(took)
     assert all(query.cookie == str(took[query.channel]) for query in queries)
 
+    # Later batches go where the resend was indexed: its channel (and cookie) is kept.
+    await asyncio.wait_for(sink.send_batch(prepared(sink, docs(1))), 10)
+    *_, later = cluster.event_requests()
+    assert (later.channel, later.cookie, later.indexer) == (resend.channel, "1", 1)
+    assert len(cluster.event_requests()) == 3 and len(cluster.indexed()) == 3
+
 
 async def test_colliding_ack_ids_never_settle_a_part_that_was_not_indexed(
     balancer: Any, make: Any
