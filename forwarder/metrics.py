@@ -171,6 +171,7 @@ class WorkerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.events_dropped.labels("too_large")  # exposed at 0 from the start, for the alert
         self.dedupe_dropped = Counter(
             "aha_siem_dedupe_dropped_total",
             "Audits not shipped, by reason: exact (a copy) or collated (everything already shipped).",

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 from forwarder.sinks.config import HttpClientConfig
 
@@ -54,13 +55,22 @@ def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+# The request never reached what takes the events: credentials, the URL or a proxy are wrong,
+# whatever the events hold. An operator fixes it; the events wait (never dropped).
+_DESTINATION_STATUSES = frozenset({401, 403, 404, 405, 407, 421})
+
+
 def classify_status(status: int, headers: Mapping[str, str], body: str = "") -> Verdict:
-    """The common HTTP rule: 2xx ok; 408, 425, 429 and 5xx retry; other 4xx reject."""
+    """The common HTTP rule: 2xx ok; 408, 425, 429 and 5xx retry; redirects (not followed) and
+    401, 403, 404, 405, 407, 421 retry as the destination's configuration; other 4xx reject."""
     if 200 <= status < 300:
         return Ok()
     detail = f"HTTP {status}" + (f": {body[:300]}" if body else "")
     if status in (408, 425, 429) or status >= 500:
         return Retry(detail, retry_after(headers))
+    if 300 <= status < 400 or status in _DESTINATION_STATUSES:
+        hint = " (check the sink's url, credentials and proxy)"
+        return Retry(detail + hint, retry_after(headers), failure=Failure.DESTINATION)
     return Reject(detail)
 
 

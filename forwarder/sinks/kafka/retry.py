@@ -6,6 +6,7 @@ import asyncio
 
 from aiokafka import errors
 
+from forwarder.failures import Failure, classify_kafka
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 
 TOO_LARGE = "record too large"
@@ -26,7 +27,9 @@ PRODUCER_STATE = (
 
 
 def classify(error: BaseException | None) -> Verdict:
-    """Ok for no error; reject a too-large record; retry what aiokafka marks retriable."""
+    """The failure taxonomy (forwarder.failures) for one produce: reject a record Kafka refuses
+    for good; retry the rest, authorization as a destination failure, an unknown broker error
+    a bounded number of times (with a new producer each time)."""
     if error is None:
         return Ok()
     detail = _describe(error)
@@ -34,12 +37,16 @@ def classify(error: BaseException | None) -> Verdict:
         return Reject(f"{TOO_LARGE} ({detail})")
     if isinstance(error, _TRANSIENT + PRODUCER_STATE):
         return Retry(detail)
-    if isinstance(error, errors.KafkaError):
-        return Retry(detail) if error.retriable else Reject(detail)
-    if isinstance(error, OSError):
-        return Retry(detail)
-    # Anything else comes from the client's own state (metadata changing under it), not from
-    # the event: trying again is the safe side.
+    if isinstance(error, errors.KafkaError) and not error.retriable:
+        failure = classify_kafka(error)
+        if failure is Failure.RECORD:
+            return Reject(detail)
+        if failure is Failure.DESTINATION:
+            return Retry(f"{detail} (check the sink's credentials and ACLs)", failure=failure)
+        # An error aiokafka does not know how to retry and we cannot place: never for ever.
+        return Retry(detail, failure=Failure.UNRECOGNIZED)
+    # Retriable Kafka errors, the network, and the client's own state (metadata changing under
+    # it), not the event: trying again is the safe side.
     return Retry(detail)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import PartialFailure, Reject, Retry, SinkError
 from forwarder.sinks.kafka.config import KafkaSinkConfig
 from forwarder.sinks.kafka.keys import message_key
@@ -194,7 +195,9 @@ class KafkaSink:
         # partition's sequence, so every later batch there would fail as out of order.
         if not self._config.idempotent:
             return False
-        return isinstance(failure, PRODUCER_STATE) or isinstance(classify(failure), Reject)
+        verdict = classify(failure)
+        unplaced = isinstance(verdict, Retry) and verdict.failure is Failure.UNRECOGNIZED
+        return isinstance(failure, PRODUCER_STATE) or isinstance(verdict, Reject) or unplaced
 
     async def _restart(self) -> None:
         log.info("restarting kafka producer for fresh sequence numbers", extra={"sink": self.name})

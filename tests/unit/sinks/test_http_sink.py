@@ -13,6 +13,7 @@ import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
+from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks import create_sink
@@ -99,7 +100,7 @@ async def test_cef_goes_as_text_lines(receiver: tuple[HttpReceiver, str]) -> Non
     assert all(line.startswith(b"CEF:0|") for line in request.lines())
 
 
-async def test_basic_auth_and_a_wrong_password_is_rejected(
+async def test_basic_auth_and_a_wrong_password_keeps_the_events_waiting(
     receiver: tuple[HttpReceiver, str],
 ) -> None:
     app, url = receiver
@@ -113,7 +114,9 @@ async def test_basic_auth_and_a_wrong_password_is_rejected(
     with pytest.raises(SinkError) as raised:
         await bad.send_batch(prepared(bad))
     await bad.close()
-    assert not raised.value.retriable
+    # A credential problem is the destination's, not the events': they wait for an operator.
+    assert raised.value.retriable
+    assert raised.value.failure is Failure.DESTINATION
     assert "HTTP 401" in str(raised.value)
     assert "wrong-pw" not in str(raised.value)
     assert len(app.accepted_events()) == 3
@@ -137,7 +140,7 @@ async def test_secret_header_auth(receiver: tuple[HttpReceiver, str]) -> None:
         (408, None, (), True, None),
         (400, None, (), False, None),
         (413, None, (), False, None),
-        (404, None, (), False, None),
+        (404, None, (), True, None),  # the URL is wrong: the events wait for an operator
         (404, "3", (404,), True, 3.0),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 from forwarder.sinks.http.retry import classify
 
@@ -21,13 +22,58 @@ from forwarder.sinks.http.retry import classify
         (408, {}, (), Retry("HTTP 408: boom", None)),
         (425, {}, (), Retry("HTTP 425: boom", None)),
         (400, {}, (), Reject("HTTP 400: boom")),
-        (401, {}, (), Reject("HTTP 401: boom")),
-        (403, {}, (), Reject("HTTP 403: boom")),
+        (
+            401,
+            {},
+            (),
+            Retry(
+                "HTTP 401: boom (check the sink's url, credentials and proxy)",
+                None,
+                Failure.DESTINATION,
+            ),
+        ),
+        (
+            403,
+            {},
+            (),
+            Retry(
+                "HTTP 403: boom (check the sink's url, credentials and proxy)",
+                None,
+                Failure.DESTINATION,
+            ),
+        ),
         (413, {"retry-after": "5"}, (), Reject("HTTP 413: boom")),
-        (404, {}, (), Reject("HTTP 404: boom")),
-        (404, {}, (404, 409), Retry("HTTP 404: boom", None)),
+        (
+            404,
+            {},
+            (),
+            Retry(
+                "HTTP 404: boom (check the sink's url, credentials and proxy)",
+                None,
+                Failure.DESTINATION,
+            ),
+        ),
+        (
+            404,
+            {},
+            (404, 409),
+            Retry(
+                "HTTP 404: boom (check the sink's url, credentials and proxy)",
+                None,
+                Failure.DESTINATION,
+            ),
+        ),
         (409, {"retry-after": "4"}, (404, 409), Retry("HTTP 409: boom", 4.0)),
-        (302, {}, (), Reject("HTTP 302: boom")),
+        (
+            302,
+            {},
+            (),
+            Retry(
+                "HTTP 302: boom (check the sink's url, credentials and proxy)",
+                None,
+                Failure.DESTINATION,
+            ),
+        ),
     ],
 )
 def test_classify(

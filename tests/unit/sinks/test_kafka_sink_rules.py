@@ -8,6 +8,7 @@ import pytest
 from aiokafka import errors
 from pydantic import ValidationError
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 from forwarder.sinks.ids import event_key
 from forwarder.sinks.kafka.config import KafkaSinkConfig
@@ -38,7 +39,8 @@ def kind(verdict: Verdict) -> str:
         (errors.NotEnoughReplicasError(), "retry"),
         (errors.UnknownTopicOrPartitionError(), "retry"),
         (errors.RequestTimedOutError(), "retry"),
-        (errors.TopicAuthorizationFailedError(), "reject"),
+        # The cluster's ACLs, not the event: it waits for an operator (alerted, never dropped).
+        (errors.TopicAuthorizationFailedError(), "retry"),
         (errors.InvalidTopicError(), "reject"),
         (errors.UnsupportedForMessageFormatError(), "reject"),
         (errors.CorruptRecordException(), "reject"),
@@ -78,7 +80,15 @@ def test_retriable_flag_of_aiokafka_is_followed() -> None:
         if issubclass(error_type, PRODUCER_STATE):
             continue
         verdict = classify(error_type())
-        assert isinstance(verdict, Retry) is bool(error_type.retriable), name
+        if error_type.retriable:
+            assert isinstance(verdict, Retry), name
+            continue
+        # Not retriable: dead-lettered, or retried only as the destination's fault (alerted) or
+        # a bounded number of times; never a plain retry for ever.
+        assert isinstance(verdict, Reject) or verdict.failure in (
+            Failure.DESTINATION,
+            Failure.UNRECOGNIZED,
+        ), name
 
 
 @pytest.mark.parametrize("key", [b"feature:1", b"", None, b"\x00\xff" * 300])
