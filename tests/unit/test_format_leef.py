@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forwarder.formats import encoder_for
-from forwarder.formats.options import FormatsConfig, LeefOptions
+from forwarder.formats.options import IAM_RECORD_TYPES, FormatsConfig, LeefOptions
 from tests.golden import assert_golden
 from tests.helpers import SAMPLES, sample_paths
 from tests.unit.test_format_cef import (
@@ -178,7 +178,8 @@ def expected_attributes(text: str, delimiter: str) -> dict[str, str]:
     out = {
         "devTime": "Nov 27 2026 14:10:13.052 GMT",
         "devTimeFormat": "MMM dd yyyy HH:mm:ss.SSS z",
-        "sev": "3",
+        # The text is also the record type: an IAM record type raises the severity.
+        "sev": "8" if text in IAM_RECORD_TYPES else "3",
     }
     for key, value in expected.items():
         if value:
