@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 from forwarder.sinks.http_common import retry_after
 
@@ -121,21 +122,26 @@ def classify(answer: HecAnswer, headers: Mapping[str, str] | None = None) -> Ver
     if is_token_failure(answer):
         # A disabled or wrong token is no fault of the events: they wait (the sink is reported
         # down) until an operator fixes the token, instead of filling the DLQ.
-        return Retry(f"{detail} (token refused: check the sink's token)")
+        return Retry(
+            f"{detail} (token refused: check the sink's token)", failure=Failure.DESTINATION
+        )
     if code in CONFIG_CODES:
-        return Retry(f"{detail} ({_CONFIG_HINTS[code]})")
+        return Retry(f"{detail} ({_CONFIG_HINTS[code]})", failure=Failure.DESTINATION)
     if code in EVENT_CODES or code == 5:
         return Reject(detail)
     if status == 413:
         return Reject(f"{detail} (request larger than the collector accepts)")
     if status == 404:
         # A wrong URL, or HEC switched off: configuration, not the events.
-        return Retry(f"{detail} (check the sink's url; is HEC enabled?)")
+        return Retry(
+            f"{detail} (check the sink's url; is HEC enabled?)", failure=Failure.DESTINATION
+        )
     if status in (408, 425, 429) or status >= 500 or code in (8, 9):
         return Retry(detail, retry_after(headers))
     if 200 <= status < 300:
-        # A 2xx with an error code HEC does not document: not proof of delivery.
-        return Retry(detail)
+        # A 2xx with an error code HEC does not document: not proof of delivery, and nothing
+        # says a retry will be read better (a bounded number of attempts, then the DLQ).
+        return Retry(detail, failure=Failure.UNRECOGNIZED)
     return Reject(detail)
 
 

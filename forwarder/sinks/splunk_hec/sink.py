@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from forwarder.failures import Failure
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks.base import Ok, PartialFailure, Reject, Retry, SinkError
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body, retry_after
@@ -117,13 +118,23 @@ class _BatchState:
     retry: dict[int, str] = field(default_factory=dict)
     retry_after: float | None = None
     token_refused: bool = False
+    # The failure class of each event to retry (forwarder/failures.py), TRANSIENT when absent.
+    classes: dict[int, Failure] = field(default_factory=dict)
     # After a retriable failure nothing more is posted in this call: the collector is busy or
     # unreachable, and `deliver` backs off before the next attempt.
     stopped: bool = False
 
-    def fail(self, indexes: Sequence[int], reason: str, after: float | None = None) -> None:
+    def fail(
+        self,
+        indexes: Sequence[int],
+        reason: str,
+        after: float | None = None,
+        failure: Failure = Failure.TRANSIENT,
+    ) -> None:
         for index in indexes:
             self.retry[index] = reason
+            if failure is not Failure.TRANSIENT:
+                self.classes[index] = failure
         if after is not None:
             self.retry_after = max(after, self.retry_after or 0.0)
 
@@ -135,13 +146,25 @@ class _BatchState:
         """The SinkError this call ends with (None: everything was delivered)."""
         if not self.retry and not self.rejected:
             return None
-        if not self.rejected and len(self.retry) == self.size:
+        found = {self.classes.get(index, Failure.TRANSIENT) for index in self.retry}
+        failure = next(
+            (kind for kind in (Failure.DESTINATION, Failure.UNRECOGNIZED) if kind in found),
+            Failure.TRANSIENT,
+        )
+        unrecognized = {
+            index: reason
+            for index, reason in self.retry.items()
+            if self.classes.get(index) is Failure.UNRECOGNIZED
+        }
+        whole = not self.rejected and len(self.retry) == self.size
+        if whole and (not unrecognized or len(unrecognized) == self.size):
             reason = next(iter(self.retry.values()))
             return SinkError(
                 f"splunk_hec {sink}: {reason}",
                 retriable=True,
                 retry_after=self.retry_after,
                 reason="auth" if self.token_refused else "unavailable",
+                failure=failure,
             )
         if not self.retry and len(self.rejected) == self.size:
             reason = next(iter(self.rejected.values()))
@@ -152,6 +175,8 @@ class _BatchState:
             retry=sorted(self.retry),
             rejected=self.rejected,
             retry_after=self.retry_after,
+            unrecognized=unrecognized,
+            failure=failure if self.retry else None,
         )
 
 
@@ -427,7 +452,7 @@ class SplunkHecSink:
             return
         assert isinstance(verdict, Retry)
         state.token_refused = state.token_refused or is_token_failure(answer)
-        state.fail(indexes, verdict.reason, verdict.after)
+        state.fail(indexes, verdict.reason, verdict.after, verdict.failure)
         state.stopped = True
 
     # -- acknowledgement -----------------------------------------------------------------
@@ -464,7 +489,9 @@ class SplunkHecSink:
                 if reply.problem == TOKEN:
                     for part in waiting.parts():
                         state.fail(
-                            part.indexes, f"{reply.detail} (token refused: check the sink's token)"
+                            part.indexes,
+                            f"{reply.detail} (token refused: check the sink's token)",
+                            failure=Failure.DESTINATION,
                         )
                         self._abandon(waiting, part)
                     state.token_refused = True

@@ -18,6 +18,7 @@ import trustme
 from prometheus_client import CollectorRegistry
 
 from forwarder.config import Config
+from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks import create_sink
@@ -208,6 +209,20 @@ async def test_busy_collector_is_retried_after_its_retry_after(fake: FakeHec, ma
     assert len(fake.events) == 2
 
 
+async def test_a_2xx_with_an_undocumented_code_is_retried_a_bounded_number_of_times(
+    fake: FakeHec, make: Any
+) -> None:
+    sink = make()
+    fake.force(200, {"text": "Something new", "code": 99}, times=1000)
+    events = prepared(sink, docs(2))
+    outcome = await asyncio.wait_for(
+        deliver(sink, events, metrics(), RetryConfig(initial_backoff_seconds=0.01)), 10
+    )
+    assert not outcome.delivered and outcome.unrecognized == {0, 1}
+    assert "code 99" in outcome.rejected[0]
+    assert len(fake.event_requests()) == RetryConfig().max_unrecognized_attempts
+
+
 async def test_slow_answer_past_the_time_out_is_retriable(fake: FakeHec, make: Any) -> None:
     sink = make(http={"timeout_seconds": 0.3})
     fake.delay_seconds = 3.0
@@ -295,6 +310,7 @@ async def test_a_wrong_token_is_retriable_and_never_shown(
     for error in (send_error.value, health_error.value):
         assert error.retriable and error.reason == "auth"
         assert "token" in str(error) and wrong not in str(error)
+    assert send_error.value.failure is Failure.DESTINATION  # logged as an error at every retry
     assert wrong not in caplog.text and wrong not in repr(sink._config)
     assert fake.events == []
 

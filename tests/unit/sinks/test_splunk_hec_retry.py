@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from forwarder.failures import Failure
 from forwarder.sinks.base import Ok, Reject, Retry, Verdict
 from forwarder.sinks.splunk_hec.retry import (
     HecAnswer,
@@ -78,6 +79,30 @@ def test_configuration_answers_say_what_to_change() -> None:
     disabled = classify(hec(400, 14, "ACK is disabled"))
     assert isinstance(missing, Retry) and "enable acknowledgement" in missing.reason
     assert isinstance(disabled, Retry) and "disable acknowledgement" in disabled.reason
+
+
+@pytest.mark.parametrize(
+    ("answer", "failure"),
+    [
+        # A person must act: the token, the sink's settings against the token's, the URL.
+        (hec(403, 1, "Token disabled"), Failure.DESTINATION),
+        (hec(401, text="Unauthorized"), Failure.DESTINATION),
+        (hec(400, 7, "Incorrect index"), Failure.DESTINATION),
+        (hec(400, 10, "Data channel is missing"), Failure.DESTINATION),
+        (hec(400, 14, "ACK is disabled"), Failure.DESTINATION),
+        (hec(404, text="Not found"), Failure.DESTINATION),
+        # Busy or down: as long as it takes.
+        (hec(503, 9, "Server is busy"), Failure.TRANSIENT),
+        (hec(502, text="Bad gateway"), Failure.TRANSIENT),
+        (hec(200, 8, "Internal server error"), Failure.TRANSIENT),  # a documented code
+        # A 2xx with an error code HEC does not document: bounded, then the DLQ.
+        (hec(200, 99, "Something new"), Failure.UNRECOGNIZED),
+        (hec(201, 42), Failure.UNRECOGNIZED),
+    ],
+)
+def test_failure_classes(answer: HecAnswer, failure: Failure) -> None:
+    verdict = classify(answer)
+    assert isinstance(verdict, Retry) and verdict.failure is failure
 
 
 @pytest.mark.parametrize(
