@@ -10,12 +10,16 @@ KAFKA_TEST_PORT ?= 19092
 KAFKA_TEST_STATE ?= .run/test-kafka
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit integration lint format bench kafka-up kafka-down clean
+SOAK_MINUTES ?= 30
+
+.PHONY: help venv run test unit integration lint format bench chaos soak kafka-up kafka-down clean
 
 help:
 	@echo "make run    - broker + ingest + worker + file sink on this machine (aha-siem dev)"
 	@echo "make test   - lint, then unit and integration tests against a real Apache Kafka"
 	@echo "make bench  - throughput benchmarks beside their baselines"
+	@echo "make chaos  - every chaos scenario, the slow ones too (each starts a broker of its own)"
+	@echo "make soak   - $(SOAK_MINUTES) min of steady load with broker restarts and a SIEM outage"
 	@echo "make lint   - ruff and mypy"
 	@echo "make kafka-up / kafka-down - the development broker on 127.0.0.1:9092"
 
@@ -53,7 +57,16 @@ test: lint
 	exit $$status
 
 unit: venv
-	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not integration and not chaos" $(PYTEST_ARGS)
+
+# Fault injection (tests/chaos): each module starts its own broker, which scenarios stop and kill,
+# so KAFKA_BOOTSTRAP is not used. `make test` runs the fast scenarios; this runs the slow ones too.
+chaos: venv
+	CHAOS_SLOW=1 $(BIN)/pytest -m chaos tests/chaos $(PYTEST_ARGS)
+
+# Not a test: a long run that reports loss, duplicates, delay and memory as a markdown table.
+soak: venv
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak
 
 # wrk is the load generator of the ingest benchmark (a Python client would measure itself).
 bench: venv
