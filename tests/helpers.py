@@ -12,6 +12,7 @@ import forwarder
 from forwarder.pipeline.normalize import Provenance, normalize_raw
 
 SAMPLES = Path(forwarder.__file__).parent / "samples"
+HOSTILE = Path(__file__).parent / "data" / "hostile"
 SHARED_EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "aha" / "example-ecs-event.json"
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "example.yaml"
 
@@ -42,6 +43,19 @@ def normalized_sample(path: Path, **options: Any) -> dict[str, Any]:
 def sample_paths() -> list[Path]:
     """Every sample webhook body, collation burst included."""
     return sorted(SAMPLES.rglob("*.json"))
+
+
+def hostile_paths() -> list[Path]:
+    """Webhook bodies whose texts attack the text formats (tests/data/hostile/README.md)."""
+    return sorted(HOSTILE.glob("*.json"))
+
+
+def body_id(path: Path) -> str:
+    """A sample's path under the samples (`collation/pre_collation_1`), `hostile/<name>` for
+    a hostile body: the name of its golden files."""
+    if path.is_relative_to(HOSTILE):
+        return f"hostile/{path.stem}"
+    return path.relative_to(SAMPLES).with_suffix("").as_posix()
 
 
 class RecordingWriter:
