@@ -11,7 +11,7 @@ import jsonschema
 
 import forwarder
 
-SCHEMA_PATH = Path(forwarder.__file__).parent / "schemas" / "aha-audit-event.v1.json"
+SCHEMA_PATH = Path(forwarder.__file__).parent / "schemas" / "aha-audit-event.v2.json"
 
 
 @cache

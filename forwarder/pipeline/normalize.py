@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +21,9 @@ DATASET = "aha.audit"
 _IAM_TYPES = frozenset({"user", "role", "permission", "account_user", "project_user", "user_role"})
 _ACTION_TYPES = {"create": "creation", "update": "change", "destroy": "deletion"}
 _ARROW = "\u2192"
+# Names under `aha` the event itself uses; another event type's payload never goes there.
+_AHA_KEYS = frozenset({"event", "audit", "ingest", "collation"})
+_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,7 @@ class Provenance:
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
+    return None if value is None else _json_text(value)
 
 
 def _timestamp(value: Any) -> str | None:
@@ -58,12 +61,49 @@ def _user(raw: Any) -> dict[str, str] | None:
     return {key: value for key, value in user.items() if value} or None
 
 
+def _json_text(value: Any) -> str:
+    """A JSON value as text: strings as they are, the rest as their compact JSON text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits inside, or something that is not JSON
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _value(raw: Any) -> dict[str, Any]:
+    """`value` always text (or null); `value_raw` the typed original when it was not text.
+
+    An integer beyond 64 bits has no `value_raw` (the exact digits stay in `value`): the events
+    topic's JSON cannot carry it. Bodies read from the raw topic never have one (their numbers
+    are parsed as doubles); a body handed to `normalize` directly may.
+    """
+    if raw is None or isinstance(raw, str):
+        return {"value": raw}
+    try:
+        orjson.dumps(raw)
+    except TypeError:
+        return {"value": _json_text(raw)}
+    return {"value": _json_text(raw), "value_raw": raw}
+
+
 def _change(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
-        return {"field_name": None, "value": _text(raw)}
+        return {"field_name": None, **_value(raw)}
     value = raw.get("value")
-    change: dict[str, Any] = {"field_name": _text(raw.get("field_name")), "value": value}
-    if isinstance(value, str) and ("&" in value or "<" in value):
+    field_name = raw.get("field_name")
+    change: dict[str, Any] = {
+        "field_name": None if field_name is None else _json_text(field_name),
+        **_value(value),
+    }
+    if not isinstance(value, str):
+        # Rich text and `old &rarr; new` are Aha!'s text values; a number or an object is neither.
+        return change
+    if "&" in value or "<" in value:
         rendered = rich_text(value)
         change["value_text"] = rendered.text
         if rendered.deleted:
@@ -71,10 +111,17 @@ def _change(raw: Any) -> dict[str, Any]:
         if rendered.inserted:
             change["inserted_text"] = rendered.inserted
     text = change.get("value_text", value)
-    if isinstance(text, str) and f" {_ARROW} " in text and "\n" not in text:
+    if f" {_ARROW} " in text and "\n" not in text:
         old, _, new = text.partition(f" {_ARROW} ")
         change["old"], change["new"] = old, new
     return change
+
+
+def _flag(value: Any) -> bool:
+    """A boolean Aha! may also send as a string or a number: `"false"` and `0` are false."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value) if isinstance(value, bool | int | float) else False
 
 
 def _items(value: Any) -> list[Any]:
@@ -183,7 +230,7 @@ def _audit(doc: dict[str, Any], audit: Mapping[str, Any]) -> None:
         "audit": {
             "id": _text(audit.get("id")),
             "action": action,
-            "interesting": bool(audit.get("interesting", False)),
+            "interesting": _flag(audit.get("interesting")),
             "auditable": {"type": record_type, "id": _text(audit.get("auditable_id"))},
             "associated": associated,
             "contributors": contributors,
@@ -208,7 +255,16 @@ def _generic(doc: dict[str, Any], event_type: str, inner: Mapping[str, Any]) -> 
         doc["user"] = user
         doc["related"] = {"user": _related_users([user])}
     doc["message"] = f"Aha! {event_type} event" + (f" {action}" if action else "")
-    doc["aha"] = {"event": event_type, event_type: dict(inner)}
+    key = _payload_key(event_type)
+    doc["aha"] = {"event": key, key: dict(inner)}
+
+
+def _payload_key(event_type: str) -> str:
+    """The key under `aha` for an event type's payload: the type itself when it is a plain
+    name. A dot would make Elasticsearch read the key as a path (`ingest.received_at`), and a
+    name of the event's own (`ingest`, `collation`) would collide with it."""
+    key = _UNSAFE_KEY.sub("_", event_type)
+    return f"{key}_event" if key in _AHA_KEYS else key
 
 
 def parse_body(raw: bytes) -> Mapping[str, Any]:

@@ -62,9 +62,101 @@ def test_destroy_is_a_deletion_without_url() -> None:
     assert "url" not in doc
 
 
-def test_integer_values_are_kept_as_numbers() -> None:
+def test_a_number_becomes_text_and_keeps_its_typed_original() -> None:
     changes = normalized("requirement_estimate_integer.json")["aha"]["audit"]["changes"]
-    assert changes[0] == {"field_name": "Estimate", "value": 5}
+    assert changes[0] == {"field_name": "Estimate", "value": "5", "value_raw": 5}
+    # A string stays as it is, with no copy.
+    assert changes[1] == {"field_name": "Due date", "value": "2027-01-15"}
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, None),
+        ("", ""),
+        (0, "0"),
+        (-1.5, "-1.5"),
+        (1e300, "1e+300"),
+        (True, "true"),
+        (False, "false"),
+        ([1, "a", None], '[1,"a",null]'),
+        ({"b": {"c": [True]}, "a": 1}, '{"b":{"c":[true]},"a":1}'),
+        ({}, "{}"),
+    ],
+)
+def test_every_value_is_text_or_null_and_the_typed_original_is_kept(
+    value: object, text: str | None
+) -> None:
+    doc = normalize(
+        {"event": "audit", "audit": {"changes": [{"field_name": "F", "value": value}]}},
+        Provenance(),
+        now=NOW,
+    )
+    (change,) = doc["aha"]["audit"]["changes"]
+    assert change["value"] == text
+    if value is None or isinstance(value, str):
+        assert "value_raw" not in change
+    else:
+        assert change["value_raw"] == value
+    # Only Aha!'s text is read as rich text or as `old &rarr; new`.
+    assert set(change) <= {"field_name", "value", "value_raw"}
+
+
+def test_an_object_value_is_never_read_as_rich_text_or_a_move() -> None:
+    value = {"html": "<p>a &rarr; b</p>", "move": "a \u2192 b"}
+    doc = normalize(
+        {"event": "audit", "audit": {"changes": [{"field_name": "F", "value": value}]}},
+        Provenance(),
+        now=NOW,
+    )
+    (change,) = doc["aha"]["audit"]["changes"]
+    assert change == {"field_name": "F", "value": orjson.dumps(value).decode(), "value_raw": value}
+
+
+def test_an_integer_beyond_64_bits_keeps_its_digits_as_text_only() -> None:
+    huge = 2**70
+    doc = normalize(
+        {"event": "audit", "audit": {"changes": [{"field_name": "F", "value": [huge]}]}},
+        Provenance(),
+        now=NOW,
+    )
+    assert doc["aha"]["audit"]["changes"] == [{"field_name": "F", "value": f"[{huge}]"}]
+    orjson.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("sent", "flag"),
+    [(True, True), (False, False), ("false", False), ("true", True), (0, False), (1, True),
+     (None, False), ({}, False)],
+)  # fmt: skip
+def test_interesting_is_a_boolean_read_as_meant(sent: object, flag: bool) -> None:
+    doc = normalize({"event": "audit", "audit": {"interesting": sent}}, Provenance(), now=NOW)
+    assert doc["aha"]["audit"]["interesting"] is flag
+
+
+@pytest.mark.parametrize(
+    ("event_type", "key"),
+    [
+        ("security", "security"),
+        ("ingest", "ingest_event"),
+        ("collation", "collation_event"),
+        ("audit.id", "audit_id"),
+        ("ingest.received_at", "ingest_received_at"),
+        ("user login", "user_login"),
+    ],
+)
+def test_another_event_type_never_lands_on_a_field_of_the_event(event_type: str, key: str) -> None:
+    payload = {"id": "1", "received_at": {"not": "a date"}, "supersedes": 5}
+    doc = normalize(
+        {"event": event_type, event_type: payload},
+        Provenance(received_at="2026-11-27T14:10:12.990Z", source="webhook"),
+        now=NOW,
+    )
+    assert doc["aha"]["event"] == key
+    assert doc["aha"][key] == payload
+    assert doc["aha"]["ingest"] == {"received_at": "2026-11-27T14:10:12.990Z", "source": "webhook"}
+    assert "collation" not in doc["aha"]
+    assert doc["event"]["action"] == event_type
 
 
 def test_namespaced_record_type_makes_a_clean_action() -> None:
