@@ -315,9 +315,9 @@ class SinkMetrics:
         )
         self.hec_ack_fallbacks = Counter(
             "aha_siem_hec_ack_fallbacks_total",
-            "Splunk HEC requests counted delivered on the collector's HTTP 200 without an "
+            "Splunk HEC requests counted delivered on the collector's answer without an "
             "indexer acknowledgement, by sink and reason (ack_unavailable, ack_timeout, "
-            "ack_disabled, no_ack_id).",
+            "ack_disabled, no_ack_id, before_invalid_event).",
             ["sink", "reason"],
             registry=registry,
         )

@@ -44,11 +44,13 @@ CONNECTION = "connection"  # no answer: connection refused or reset, time-out, T
 DISABLED = "disabled"  # HEC code 14: the token does not use indexer acknowledgement
 TOKEN = "token"  # 401/403: the token was refused
 
-# Reasons a request counts as delivered on its HTTP 200 alone (aha_siem_hec_ack_fallbacks_total).
+# Reasons events count as delivered without an indexer acknowledgement
+# (aha_siem_hec_ack_fallbacks_total).
 ACK_UNAVAILABLE = "ack_unavailable"  # max_failed_polls failed queries in a row on its channel
 ACK_TIMEOUT = "ack_timeout"  # still false after its last resend (on_unacknowledged: trust)
 ACK_DISABLED = "ack_disabled"  # the ack endpoint answered code 14
 NO_ACK_ID = "no_ack_id"  # the 200 carried no ackId
+BEFORE_INVALID_EVENT = "before_invalid_event"  # indexed ahead of an event HEC refused (a 400)
 
 _DETAIL_CHARS = 200
 

@@ -36,6 +36,7 @@ from forwarder.sinks.splunk_hec.acks import (
     ACK_DISABLED,
     ACK_TIMEOUT,
     ACK_UNAVAILABLE,
+    BEFORE_INVALID_EVENT,
     CHANNEL,
     CONNECTION,
     DISABLED,
@@ -443,12 +444,20 @@ class SplunkHecSink:
             if culprit is None or len(indexes) == 1:
                 state.reject(indexes, verdict.reason)
                 return
-            # HEC names the first event it could not take. It may have indexed the events
-            # before it (it does not say): they are sent again, which can duplicate them in
-            # Splunk, rather than risk losing them. The events after it were not indexed.
-            state.reject([indexes[culprit]], verdict.reason)
-            others = [index for position, index in enumerate(indexes) if position != culprit]
-            state.fail(others, f"sent again after event {indexes[culprit]} was refused")
+            # HEC stops at the first event it cannot take and names it. The events before it
+            # are already indexed (observed and reported, e.g. opentelemetry-collector-contrib
+            # #36113; Splunk's documentation is silent): sending them again would index them
+            # twice. Only the events after it were never read.
+            refused = indexes[culprit]
+            state.reject([refused], verdict.reason)
+            if culprit > 0 and channel is not None:
+                # Taken without an ackId to ask: counted like any other delivery on trust.
+                self._fallback(BEFORE_INVALID_EVENT)
+            after = indexes[culprit + 1 :]
+            if after:
+                state.fail(
+                    after, f"not read by the collector: event {refused} before them was refused"
+                )
             return
         assert isinstance(verdict, Retry)
         state.token_refused = state.token_refused or is_token_failure(answer)

@@ -245,7 +245,11 @@ async def test_unreachable_collector_is_retriable(make: Any) -> None:
 # -- one bad event in a batch -----------------------------------------------------------
 
 
-async def test_an_invalid_event_is_rejected_and_the_others_retried(
+def event_keys(envelopes: list[dict[str, Any]]) -> list[str]:
+    return [envelope["fields"]["event_key"] for envelope in envelopes]
+
+
+async def test_an_invalid_event_is_rejected_and_only_the_events_after_it_retried(
     fake: FakeHec, make: Any
 ) -> None:
     sink = make(gzip=False)
@@ -256,24 +260,66 @@ async def test_an_invalid_event_is_rejected_and_the_others_retried(
         await sink.send_batch(batch)
     assert raised.value.rejected.keys() == {1}
     assert "code 13" in raised.value.rejected[1]
-    assert raised.value.retry == (0, 2, 3)
+    # HEC indexed event 0 before refusing event 1 and never read 2 and 3.
+    assert raised.value.retry == (2, 3)
+    assert event_keys(fake.events) == event_keys([orjson.loads(good[0])])
 
 
-async def test_deliver_dead_letters_only_the_invalid_event(fake: FakeHec, make: Any) -> None:
+async def test_deliver_dead_letters_only_the_invalid_event_and_indexes_nothing_twice(
+    fake: FakeHec, make: Any
+) -> None:
     sink = make()
-    good = prepared(sink, docs(3))
+    good = prepared(sink, docs(4))
     bad_fields = b'{"fields":{"n":1},"event":{"a":1}}'  # indexed field values must be text
-    batch = [good[0], good[1], bad_fields, good[2]]
+    batch = [good[0], good[1], bad_fields, good[2], good[3]]
 
     outcome = await deliver(sink, batch, metrics(), RetryConfig(initial_backoff_seconds=0.01))
 
-    assert sorted(outcome.delivered) == [0, 1, 3]
+    assert sorted(outcome.delivered) == [0, 1, 3, 4]
     assert outcome.rejected.keys() == {2} and "code 15" in outcome.rejected[2]
-    keys = [envelope["fields"]["event_key"] for envelope in fake.events]
-    first, second, last = (orjson.loads(event)["fields"]["event_key"] for event in good)
-    # HEC kept the events before the bad one; they are sent again with the rest, so Splunk
-    # holds them twice (at-least-once; `| dedup event_key` finds them). Nothing is lost.
-    assert keys.count(first) == 2 and keys.count(second) == 2 and keys.count(last) == 1
+    expected = event_keys([orjson.loads(event) for event in good])
+    assert sorted(event_keys(fake.events)) == sorted(expected)  # each once, none lost
+    _, second = fake.event_requests()
+    assert len(gzip.decompress(second.body).splitlines()) == 2  # only the events after it
+
+
+async def test_with_acks_the_events_before_an_invalid_one_count_as_delivered_on_trust(
+    fake: FakeHec, make: Any
+) -> None:
+    # The 400 carries no ackId for the events HEC took before the invalid one: they are counted
+    # delivered without acknowledgement (a fallback) rather than indexed a second time.
+    fake.ack = True
+    metrics, registry = observed()
+    sink = make(gzip=False, acknowledgement=ack_settings())
+    sink.use_metrics(metrics)
+    good = prepared(sink, docs(3))
+    batch = [good[0], good[1], b'{"event":null}', good[2]]
+
+    outcome = await deliver(sink, batch, metrics, RetryConfig(initial_backoff_seconds=0.01))
+
+    assert sorted(outcome.delivered) == [0, 1, 3] and outcome.rejected.keys() == {2}
+    assert sorted(event_keys(fake.indexed())) == sorted(
+        event_keys([orjson.loads(event) for event in good])
+    )
+    assert sample(registry, "aha_siem_hec_ack_fallbacks_total", reason="before_invalid_event") == 1
+    # The event after the refused one went in acknowledged, on its own ackId.
+    assert fake.ack_queries == [[0]]
+
+
+async def test_an_invalid_first_or_last_event_leaves_nothing_to_resend_before_or_after_it(
+    fake: FakeHec, make: Any
+) -> None:
+    sink = make(gzip=False)
+    good = prepared(sink, docs(2))
+    blank = b'{"event":"  "}'
+    with pytest.raises(PartialFailure) as first:
+        await sink.send_batch([blank, *good])
+    assert first.value.rejected.keys() == {0} and first.value.retry == (1, 2)
+    assert fake.events == []
+    with pytest.raises(PartialFailure) as last:
+        await sink.send_batch([*good, blank])
+    assert last.value.rejected.keys() == {2} and last.value.retry == ()
+    assert event_keys(fake.events) == event_keys([orjson.loads(event) for event in good])
 
 
 async def test_too_large_requests_are_split(fake: FakeHec, make: Any) -> None:
