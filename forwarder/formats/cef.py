@@ -3,7 +3,8 @@
 Rules from "Implementing ArcSight Common Event Format (CEF)" (docs/formats/cef.md cites them):
 header fields escape `\\` and `|` and cannot span lines; extension values escape `\\`, `=`, CR and
 LF (as `\\r` and `\\n`); the extension keys are constants of this module, so no input can add one.
-Other control characters become U+FFFD in both (forwarder/formats/controls.py).
+Other control characters, Unicode line separators and bidirectional controls become U+FFFD in
+both (forwarder/formats/controls.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ STRIP = " \t\r\n\x0b\x0c"
 # Lengths from the header field definitions and the extension dictionary.
 VENDOR_MAX, PRODUCT_MAX, VERSION_MAX, CLASS_ID_MAX, NAME_MAX = 63, 63, 31, 1023, 512
 ACT_MAX, OUTCOME_MAX, EXTERNAL_ID_MAX, DEVICE_EXTERNAL_ID_MAX = 63, 63, 40, 255
-STRING_MAX = 1023  # suser, suid, request, cat, msg
+STRING_MAX = 1023  # suser, suid, request, cat, msg, flexString1
 CUSTOM_STRING_MAX = 4000  # cs1..cs6
+
+# The user's display name: suser holds the e-mail (the login), and CEF has no key for a full
+# name, so it goes in a labelled flex string (the cs slots all have a meaning already).
+DISPLAY_NAME_KEY, DISPLAY_NAME_LABEL = "flexString1", "User display name"
 
 # cs1..cs6: one meaning per slot, so an ArcSight mapping can name them once.
 CUSTOM_LABELS = (
@@ -167,8 +172,10 @@ def encoder(options: Any = None) -> Encoder:
             pairs.append(f"rt={epoch_ms(moment)}")
         for key, raw, limit in (
             ("act", verb(event), ACT_MAX),
-            ("suser", text(user.get("email")) or text(user.get("name")), STRING_MAX),
+            # The e-mail, else the name: an e-mail of only whitespace counts as none.
+            ("suser", text(user.get("email")).strip(STRIP) or text(user.get("name")), STRING_MAX),
             ("suid", text(user.get("id")), STRING_MAX),
+            (DISPLAY_NAME_KEY, text(user.get("name")), STRING_MAX),
             ("externalId", text(ecs.get("id")), EXTERNAL_ID_MAX),
             (
                 "deviceExternalId",
@@ -181,6 +188,8 @@ def encoder(options: Any = None) -> Encoder:
         ):
             value = extension_value(raw, limit)
             if value:
+                if key == DISPLAY_NAME_KEY:
+                    pairs.append(f"{key}Label={DISPLAY_NAME_LABEL}")
                 pairs.append(f"{key}={value}")
         if audit is not None:
             for (key, label), raw in zip(CUSTOM_LABELS, audit_strings(audit), strict=True):

@@ -2,8 +2,9 @@
 
 LEEF defines no escape sequences, so a character that a position cannot hold is replaced by a
 space: `|`, CR and LF in header fields; the attribute delimiter, CR and LF in values
-(docs/formats/leef.md cites the IBM guide). Other control characters become U+FFFD
-(forwarder/formats/controls.py). Keys are constants of this module.
+(docs/formats/leef.md cites the IBM guide). Other control characters, Unicode line separators and
+bidirectional controls become U+FFFD (forwarder/formats/controls.py). Keys are constants of this
+module.
 """
 
 from __future__ import annotations

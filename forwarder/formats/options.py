@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 # Aha! record types whose changes are identity and access management (as normalize.py classifies).
 IAM_RECORD_TYPES = ("user", "role", "permission", "account_user", "project_user", "user_role")
@@ -163,7 +163,7 @@ class SyslogOptions(_Options):
     facility: SyslogFacility = 16
     """Facility name (local0..local7, audit, authpriv, ...) or number 0-23; default local0."""
     app_name: str = "aha-siem"
-    """APP-NAME (RFC 5424) or TAG (RFC 3164, cut to 32): letters, digits and . _ / - only."""
+    """APP-NAME (RFC 5424): letters, digits, . _ / -; RFC 3164's TAG is its letters and digits (32)."""
     hostname: str | None = None
     """HOSTNAME; none means this machine's host name (its first label under RFC 3164)."""
     default_severity: SyslogSeverity = 5
@@ -185,9 +185,12 @@ class SyslogOptions(_Options):
 
     @field_validator("app_name")
     @classmethod
-    def _app_name(cls, value: str) -> str:
+    def _app_name(cls, value: str, info: ValidationInfo) -> str:
         if not _APP_NAME.match(value):
             raise ValueError("1-48 characters of letters, digits, '.', '_', '/', '-'")
+        # RFC 3164 §4.1.3: the TAG is alphanumeric; the encoder keeps only the letters and digits.
+        if info.data.get("rfc") == "3164" and not any(c.isalnum() for c in value):
+            raise ValueError("rfc 3164 makes the TAG of its letters and digits, and it has none")
         return value
 
     @field_validator("hostname")

@@ -3,7 +3,9 @@
 A frame is one syslog message and never more: the header fields are cut to their RFC lengths and
 to printable US-ASCII, SD-PARAM values are escaped (RFC 5424 §6.3.3) with other control characters
 made U+FFFD, and CR or LF in MSG become spaces so that newline-delimited transports cannot split it
-(docs/formats/syslog.md).
+(docs/formats/syslog.md). Unicode line separators and bidirectional controls never appear raw:
+CEF and LEEF replace them, syslog-json writes them as JSON escapes, and the framer makes certain.
+An RFC 3164 message is at most 1024 octets and its TAG is alphanumeric.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from forwarder.formats import Encoder, cef, ecs, leef
-from forwarder.formats.controls import replace_controls
+from forwarder.formats.controls import json_escape, replace_controls, replace_controls_utf8
 from forwarder.formats.options import (
     MONTHS,
     SyslogOptions,
@@ -25,12 +27,14 @@ from forwarder.formats.options import (
     severity_rule,
     text,
 )
+from forwarder.formats.shrink import TEXT_FLOOR, essential, largest, largest_fit, shrunk, tagged
 from forwarder.records import iso_millis
 
 NILVALUE = "-"
 BOM = b"\xef\xbb\xbf"
 HOSTNAME_MAX, APP_NAME_MAX, MSGID_MAX = 255, 48, 32  # RFC 5424 §6
 TAG_MAX = 32  # RFC 3164 §4.1.3
+PACKET_MAX = 1024  # RFC 3164 §4.1: "The total length of the packet MUST be 1024 bytes or less."
 SD_VALUE_MAX = 255  # this project's cap: the parameters are ids
 
 
@@ -41,11 +45,32 @@ def printable_ascii(value: str, limit: int) -> str:
     return value[:limit] or NILVALUE
 
 
-def one_line(message: bytes) -> bytes:
-    """MSG with CR and LF made spaces: the encoders never emit them; this makes it certain."""
+def safe_msg(message: bytes) -> bytes:
+    """MSG with CR and LF made spaces and the other characters of controls.py made U+FFFD.
+
+    The encoders never emit any of them raw (CEF and LEEF replace them, syslog-json escapes them);
+    this makes it certain for any message.
+    """
     if b"\n" in message or b"\r" in message:
-        return message.replace(b"\r", b" ").replace(b"\n", b" ")
-    return message
+        message = message.replace(b"\r", b" ").replace(b"\n", b" ")
+    return replace_controls_utf8(message)
+
+
+def tag_3164(app_name: str) -> str:
+    """The RFC 3164 TAG for an APP-NAME: its ASCII letters and digits, at most 32 (§4.1.3)."""
+    return "".join(char for char in app_name if char.isascii() and char.isalnum())[:TAG_MAX]
+
+
+def cut_utf8(message: bytes, limit: int) -> bytes:
+    """The first `limit` octets of `message`, shortened so no UTF-8 character is split."""
+    if len(message) <= limit:
+        return message
+    end = limit
+    # The first octet left out is a continuation octet (10xxxxxx): its character started
+    # inside the kept part, so leave that character out whole.
+    while end > 0 and message[end] & 0xC0 == 0x80:
+        end -= 1
+    return message[:end]
 
 
 def sd_value(value: str) -> str:
@@ -98,7 +123,7 @@ class SyslogFramer:
         self._host_5424 = printable_ascii(host, HOSTNAME_MAX)
         self._host_3164 = _short_hostname(self._host_5424)
         self._app_name = printable_ascii(options.app_name, APP_NAME_MAX)
-        self._tag = options.app_name[:TAG_MAX]
+        self._tag = tag_3164(options.app_name)
         self._sd_id = options.sd_id if options.structured_data else None
         self._bom = BOM if options.utf8_bom else b""
         self.frame: Callable[[bytes, Mapping[str, Any]], bytes] = (
@@ -137,19 +162,52 @@ class SyslogFramer:
         ).encode("utf-8", "replace")
         if not message:
             return header
-        return b"%s %s%s" % (header, self._bom, one_line(message))
+        return b"%s %s%s" % (header, self._bom, safe_msg(message))
 
-    def frame_3164(self, message: bytes, event: Mapping[str, Any]) -> bytes:
-        """`<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: MSG` (RFC 3164 §4.1)."""
+    def header_3164(self, event: Mapping[str, Any]) -> bytes:
+        """`<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: `, or `<PRI>TAG: ` for an event without a time."""
         moment = event_time(event)
         if moment is None:
-            # No time, no HEADER: a relay then adds its own time and host (RFC 3164 §4.3.2).
-            header = f"<{self.priority(event)}>{self._tag}: "
-        else:
-            header = (
-                f"<{self.priority(event)}>{timestamp_3164(moment)} {self._host_3164} {self._tag}: "
+            # No time, no HEADER. A relay then adds a TIMESTAMP (its own time) and the HOSTNAME
+            # of this sender "as it is known by the relay", else its IP address (RFC 3164 §4.3.2).
+            return f"<{self.priority(event)}>{self._tag}: ".encode("ascii")
+        return (
+            f"<{self.priority(event)}>{timestamp_3164(moment)} {self._host_3164} {self._tag}: "
+        ).encode("ascii")
+
+    def frame_3164(self, message: bytes, event: Mapping[str, Any]) -> bytes:
+        """`<PRI>Mmm dd hh:mm:ss HOSTNAME TAG: MSG` (RFC 3164 §4.1), cut to 1024 octets on a
+        character boundary (`encode_3164` makes an event fit without cutting through its format)."""
+        return cut_utf8(self.header_3164(event) + safe_msg(message), PACKET_MAX)
+
+    def encode_3164(self, inner: Encoder, event: Mapping[str, Any]) -> bytes:
+        """The event in the inner format as an RFC 3164 message of at most 1024 octets.
+
+        A longer one is encoded again from a smaller copy of the event (forwarder/formats/
+        shrink.py), so its MSG is still a whole CEF line, LEEF line or JSON document. Only when
+        not even the essential fields fit is the message cut on a character boundary.
+        """
+        header = self.header_3164(event)
+        frame = header + safe_msg(inner(event))
+        if len(frame) <= PACKET_MAX:
+            return frame
+
+        def attempt(smaller: Mapping[str, Any]) -> bytes:
+            return header + safe_msg(inner(smaller))
+
+        marked = tagged(event)
+        fitted = largest_fit(
+            lambda size: attempt(shrunk(marked, size)), TEXT_FLOOR, largest(marked), PACKET_MAX
+        )
+        if fitted is None:
+            kept = tagged(essential(event))
+            fitted = largest_fit(
+                lambda size: attempt(shrunk(kept, size, lists=True)),
+                1,
+                largest(kept, lists=True),
+                PACKET_MAX,
             )
-        return header.encode("ascii") + one_line(message)
+        return fitted if fitted is not None else cut_utf8(frame, PACKET_MAX)
 
 
 def frame_5424(
@@ -172,7 +230,16 @@ def octet_count(frame: bytes) -> bytes:
 
 
 def _syslog(inner: Encoder, options: Any) -> Encoder:
-    frame = SyslogFramer(formats_config(options).syslog).frame
+    framer = SyslogFramer(formats_config(options).syslog)
+    if framer.rfc == "3164":
+        encode_3164 = framer.encode_3164
+
+        def encode_bsd(event: Mapping[str, Any]) -> bytes:
+            """One event in the inner format, in one RFC 3164 message of at most 1024 octets."""
+            return encode_3164(inner, event)
+
+        return encode_bsd
+    frame = framer.frame
 
     def encode(event: Mapping[str, Any]) -> bytes:
         """One event in the inner format, in one syslog message."""
@@ -192,5 +259,11 @@ def leef_encoder(options: Any = None) -> Encoder:
 
 
 def json_encoder(options: Any = None) -> Encoder:
-    """syslog-json: the ECS JSON document as the MSG of a syslog message."""
-    return _syslog(ecs.encoder(options), options)
+    """syslog-json: the ECS JSON document as the MSG of a syslog message, with DEL, C1, line
+    separators and bidi controls written as JSON escapes (the same text once decoded)."""
+    document = ecs.encoder(options)
+
+    def line_safe(event: Mapping[str, Any]) -> bytes:
+        return json_escape(document(event))
+
+    return _syslog(line_safe, options)

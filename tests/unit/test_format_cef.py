@@ -1,4 +1,5 @@
-"""CEF:0 encoder: golden files for every sample, and a spec-based parser that every output must pass."""
+"""CEF:0 encoder: golden files for every sample and hostile body, a spec-based parser that every
+output must pass, and an independent parser (cefp, from PyPI) that must read the user back."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cefp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,17 +16,36 @@ from forwarder.formats import encoder_for
 from forwarder.formats.options import CefOptions, FormatsConfig
 from forwarder.pipeline.normalize import Provenance, normalize_raw
 from tests.golden import assert_golden
-from tests.helpers import SAMPLES, normalized_sample, sample_paths
+from tests.helpers import (
+    HOSTILE,
+    SAMPLES,
+    body_id,
+    hostile_paths,
+    normalized_sample,
+    sample_paths,
+)
 
 NOW = "2026-11-27T14:10:13.052Z"
 STRIP = " \t\r\n\x0b\x0c"
 REPLACEMENT = "\ufffd"
 
 
+# Unicode line breaks other than CR and LF (U+0085 NEL is C1 as well), and the bidirectional
+# embeddings, overrides and isolates.
+LINE_SEPARATORS = "\u0085\u2028\u2029"
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
 def is_control(char: str) -> bool:
-    """A control character the text formats never write: C0 but TAB, LF and CR; DEL; C1."""
+    """A character the text formats never write: C0 but TAB, LF and CR; DEL; C1; the Unicode
+    line and paragraph separators; the bidirectional controls."""
     code = ord(char)
-    return (code < 0x20 and char not in "\t\n\r") or 0x7F <= code <= 0x9F
+    return (
+        (code < 0x20 and char not in "\t\n\r")
+        or 0x7F <= code <= 0x9F
+        or char in LINE_SEPARATORS
+        or char in BIDI_CONTROLS
+    )
 
 
 def clean(value: str) -> str:
@@ -38,10 +59,7 @@ def raw_controls(line: bytes, allowed: str = "\t") -> set[str]:
 
 
 normalized = normalized_sample
-
-
-def sample_id(path: Path) -> str:
-    return path.relative_to(SAMPLES).with_suffix("").as_posix()
+sample_id = body_id
 
 
 # ---- An independent reading of the spec: "Implementing ArcSight Common Event Format". ----
@@ -142,6 +160,16 @@ def test_every_sample_matches_its_golden_file(path: Path) -> None:
     assert len(keys) == len(set(keys)), keys
 
 
+@pytest.mark.parametrize("path", hostile_paths(), ids=sample_id)
+def test_every_hostile_body_matches_its_golden_file(path: Path) -> None:
+    line = encode(normalized(path))
+    assert_golden(f"cef/{sample_id(path)}.cef", line + "\n")
+    header, pairs = parse_cef(line)
+    assert header[:3] == ["0", "Aha!", "Aha! Roadmaps"]
+    assert raw_controls(line.encode()) == set()
+    assert read_back(line) == (header, dict(pairs))
+
+
 def test_feature_update_reads_as_the_docs_say() -> None:
     header, pairs = parse_cef(encode(normalized(SAMPLES / "feature_update_status.json")))
     assert header == ["0", "Aha!", "Aha! Roadmaps", "1", "feature-update", "Feature updated", "3"]
@@ -150,6 +178,8 @@ def test_feature_update_reads_as_the_docs_say() -> None:
     assert ext["rt"] == str(int(moment.timestamp() * 1000))
     assert ext["suser"] == "priya.menon@example.com"
     assert ext["suid"] == "6514078897796815681"
+    assert ext["flexString1Label"] == "User display name"
+    assert ext["flexString1"] == "Priya Menon"
     assert ext["act"] == "update"
     assert ext["externalId"] == "7712852070579044363"
     assert ext["deviceExternalId"] == "acme"
@@ -182,7 +212,7 @@ def test_collated_contributors_and_associated_record() -> None:
     )
     ext = dict(parse_cef(encode(normalized(SAMPLES / "comment_create_null_user.json")))[1])
     assert ext["cs6"] == "feature:7712852070702501001"
-    assert "suser" not in ext and "suid" not in ext
+    assert "suser" not in ext and "suid" not in ext and "flexString1" not in ext
 
 
 # ---- Severity rules ----
@@ -257,6 +287,11 @@ TRICKY = [
     "\\|",
     "\\n",
     'sd "quote" ] [bracket@1 x="y"]',
+    "Zo\u00eb \u202eevil\u202c",
+    "line\u2028separator\u2029paragraph\u0085nel",
+    "\u2066isolate\u2069 \u2067rtl\u2069 \u2068first\u2069 \u202aLRE\u202bRLE\u202c\u202dLRO",
+    "\u2028",
+    "\u202e",
 ]
 
 
@@ -301,6 +336,7 @@ def expected_pairs(text: str) -> dict[str, str]:
         "act": trimmed(text, 63),
         "suser": trimmed(text, 1023),
         "suid": trimmed(text, 1023),
+        "flexString1": trimmed(text, 1023),
         "externalId": trimmed(text, 40),
         "deviceExternalId": trimmed(text, 255),
         "request": trimmed(text, 1023),
@@ -328,6 +364,7 @@ def expected_pairs(text: str) -> dict[str, str]:
             strict=True,
         )
     )
+    labels["flexString1"] = "User display name"
     out: dict[str, str] = {}
     for key, value in expected.items():
         if not value:
@@ -343,6 +380,7 @@ def check_round_trip(text: str) -> None:
     assert "\n" not in line and "\r" not in line
     assert raw_controls(line.encode()) == set(), "a control character in the line"
     header, pairs = parse_cef(line)
+    assert read_back(line) == (header, dict(pairs)), "the two parsers disagree"
     assert header[4] == header_value(text, 1023) or (not text and header[4] == "unknown")
     keys = [key for key, _ in pairs]
     assert len(keys) == len(set(keys)), f"a key appears twice: {keys}"
@@ -416,6 +454,7 @@ def test_a_missing_or_bad_timestamp_falls_back_to_event_created_then_is_left_out
 texts = st.one_of(
     st.text(st.characters(codec="utf-8"), max_size=40),
     st.text(st.characters(max_codepoint=0xA0), max_size=40),
+    st.text(st.sampled_from([*LINE_SEPARATORS, *BIDI_CONTROLS, "a", " ", "=", "|", "\\", "\n"])),
     st.sampled_from(TRICKY),
     st.lists(st.sampled_from([*TRICKY, "x", " ", "\u00e9"]), max_size=30).map("".join),
     st.builds(lambda s, n: s * n, st.sampled_from(TRICKY), st.integers(100, 600)),
@@ -438,3 +477,92 @@ def test_no_control_octet_but_tab_is_ever_written(text: str) -> None:
     line = encoder_for("cef")(event_with(text))
     assert not any((octet < 0x20 and octet != 0x09) or octet == 0x7F for octet in line), line
     assert raw_controls(line) == set()
+
+
+# ---- Read back by an independent parser: cefp (PyPI), a character-level CEF tokenizer that
+# unescapes `\|` `\\` in the header and `\=` `\\` `\n` `\r` in the extension. ----
+
+
+def read_back(line: str) -> tuple[list[str], dict[str, str]]:
+    """(7 header fields, extension) of a CEF line as cefp reads it."""
+    parsed = cefp.parse(line)
+    device = parsed["device"]
+    header = [
+        parsed["version"],
+        device["vendor"],
+        device["product"],
+        device["version"],
+        device["event_class_id"],
+        parsed["name"],
+        parsed["severity"],
+    ]
+    extension = dict(parsed["extension"])
+    if extension:
+        # The spec: trailing spaces of the last value are not preserved (cefp keeps them).
+        last = next(reversed(extension))
+        extension[last] = extension[last].rstrip(" ")
+    return header, extension
+
+
+def shown(value: str) -> str:
+    """A user's name or e-mail as docs/formats/cef.md promises it in suser and flexString1."""
+    return trimmed(value, 1023)
+
+
+def check_user_read_back(event: dict[str, Any]) -> None:
+    """The user's name and e-mail, each in its field, as an independent parser reads them."""
+    line = encode(event)
+    header, extension = read_back(line)
+    assert header[:3] == ["0", "Aha!", "Aha! Roadmaps"]
+    user = event.get("user") or {}
+    name, email = (
+        user.get(key) if isinstance(user.get(key), str) else "" for key in ("name", "email")
+    )
+    if shown(email):
+        assert extension["suser"] == shown(email)
+    elif shown(name):
+        assert extension["suser"] == shown(name)
+    else:
+        assert "suser" not in extension
+    if shown(name):
+        assert extension["flexString1Label"] == "User display name"
+        assert extension["flexString1"] == shown(name)
+    else:
+        assert "flexString1" not in extension and "flexString1Label" not in extension
+    assert not any(is_control(char) for char in line), "a raw control in the line"
+
+
+@pytest.mark.parametrize("path", [*sample_paths(), *hostile_paths()], ids=sample_id)
+def test_an_independent_parser_reads_every_users_name_and_email(path: Path) -> None:
+    check_user_read_back(normalized(path))
+
+
+def test_names_with_cef_syntax_and_line_breaks_come_back_exactly() -> None:
+    # CEF escapes `=`, `\\`, CR and LF in values: the parser gives back the very text.
+    syntax = read_back(encode(normalized(HOSTILE / "cef_syntax_in_names.json")))[1]
+    assert syntax["flexString1"] == "Ann | Admin = \\root\\ suser=root msg=forged"
+    assert syntax["suser"] == "ann|=\\x@example.com"
+    assert syntax["msg"].startswith("name with | pipes = equals")
+    breaks = read_back(encode(normalized(HOSTILE / "line_breaks_in_names.json")))[1]
+    assert breaks["flexString1"] == "Carl\r\nCEF:0|Evil|Corp|1|x|forged|10|"
+    assert breaks["suser"] == "carl\n@example.com"
+
+
+def test_a_bidi_override_in_a_name_arrives_as_replacement_characters() -> None:
+    extension = read_back(encode(normalized(HOSTILE / "bidi_name.json")))[1]
+    assert extension["flexString1"] == "Zo\u00eb \ufffdevil\ufffd"
+    assert extension["suser"] == "zoe@example.com"
+    assert (
+        extension["cs4"]
+        == "Name \ufffdgnp.exe\ufffd=Budget \ufffd2202\ufffd \u2192 \ufffdplan\ufffd"
+    )
+
+
+names = st.one_of(texts, st.sampled_from(TRICKY), st.builds("{} {}".format, texts, texts))
+
+
+@given(names, names)
+def test_any_name_and_email_are_read_back_by_an_independent_parser(name: str, email: str) -> None:
+    event = normalized(SAMPLES / "feature_update_status.json")
+    event["user"] = {**event["user"], "name": name, "email": email}
+    check_user_read_back(event)

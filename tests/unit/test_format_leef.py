@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from forwarder.formats import encoder_for
 from forwarder.formats.options import IAM_RECORD_TYPES, FormatsConfig, LeefOptions
 from tests.golden import assert_golden
-from tests.helpers import SAMPLES, sample_paths
+from tests.helpers import HOSTILE, SAMPLES, hostile_paths, sample_paths
 from tests.unit.test_format_cef import (
     TRICKY,
     clean,
@@ -55,6 +55,22 @@ def test_every_sample_matches_its_golden_file(path: Path) -> None:
     assert header[:2] == ["Aha!", "Aha! Roadmaps"] and delimiter == "\t"
     keys = [key for key, _ in pairs]
     assert len(keys) == len(set(keys)), keys
+
+
+@pytest.mark.parametrize("path", hostile_paths(), ids=sample_id)
+def test_every_hostile_body_matches_its_golden_file(path: Path) -> None:
+    line = encode(normalized(path))
+    assert_golden(f"leef/{sample_id(path)}.leef", line + "\n")
+    parse_leef(line)
+    assert raw_controls(line.encode()) == set()
+
+
+def test_a_bidi_override_or_line_separator_in_a_name_arrives_as_replacement_characters() -> None:
+    bidi = dict(parse_leef(encode(normalized(HOSTILE / "bidi_name.json")))[2])
+    assert bidi["userDisplayName"] == "Zo\u00eb \ufffdevil\ufffd"
+    separators = dict(parse_leef(encode(normalized(HOSTILE / "separators_in_every_field.json")))[2])
+    assert separators["userDisplayName"] == "Line\ufffdSeparator\ufffdPara\ufffdNel"
+    assert separators["usrName"] == "line\ufffdsep@example.com"
 
 
 def test_feature_update_reads_as_the_docs_say() -> None:

@@ -6,25 +6,31 @@ import re
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from forwarder.formats import encoder_for
+from forwarder.formats.controls import json_escape
 from forwarder.formats.options import FormatsConfig, SyslogOptions
 from forwarder.formats.syslog import SyslogFramer, frame_3164, frame_5424, octet_count
 from tests.golden import assert_golden
-from tests.helpers import SAMPLES, sample_paths
+from tests.helpers import HOSTILE, SAMPLES, hostile_paths, sample_paths
 from tests.unit.test_format_cef import (
+    BIDI_CONTROLS,
+    LINE_SEPARATORS,
     TRICKY,
     clean,
     event_with,
     normalized,
     parse_cef,
     raw_controls,
+    read_back,
     sample_id,
     texts,
 )
+from tests.unit.test_format_leef import parse_leef
 
 HOST = "forwarder.example.com"
 INNER = ("syslog-cef", "syslog-leef", "syslog-json")
@@ -105,15 +111,19 @@ def parse_5424(frame: bytes) -> dict[str, Any]:
 
 # ---- RFC 3164 §4.1 ----
 
+# §4.1.3: "The TAG is a string of ABNF alphanumeric characters that MUST NOT exceed 32
+# characters"; any other character starts the CONTENT, which here starts with ": ".
 _BSD = re.compile(
     rb"<([0-9]{1,3})>((?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    rb"[ 1-3][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2}) ([\x21-\x7e]+) ([A-Za-z0-9._/-]{1,32}): "
+    rb"[ 1-3][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2}) ([\x21-\x7e]+) ([A-Za-z0-9]{1,32}): "
 )
+PACKET_MAX = 1024  # §4.1: "The total length of the packet MUST be 1024 bytes or less."
 
 
 def parse_3164(frame: bytes) -> dict[str, Any]:
     """PRI, TIMESTAMP, HOSTNAME, TAG and the rest (CONTENT) of one BSD syslog message."""
     assert b"\n" not in frame and b"\r" not in frame
+    assert len(frame) <= PACKET_MAX, f"{len(frame)} octets"
     match = _BSD.match(frame)
     assert match, frame[:120]
     pri, timestamp, hostname, tag = (group.decode("ascii") for group in match.groups())
@@ -158,6 +168,17 @@ def test_every_sample_matches_its_golden_file(path: Path, rfc: str) -> None:
     assert_golden(f"syslog/{sample_id(path)}.{rfc}", b"\n".join([*frames, b""]).decode("utf-8"))
 
 
+@pytest.mark.parametrize("path", hostile_paths(), ids=sample_id)
+@pytest.mark.parametrize("rfc", ["5424", "3164"])
+def test_every_hostile_body_matches_its_golden_file(path: Path, rfc: str) -> None:
+    event = normalized(path)
+    frames = [encoder(name, rfc=rfc)(event) for name in INNER]
+    for frame in frames:
+        parse_5424(frame) if rfc == "5424" else parse_3164(frame)
+        assert raw_controls(frame) == set()
+    assert_golden(f"syslog/{sample_id(path)}.{rfc}", b"\n".join([*frames, b""]).decode("utf-8"))
+
+
 def test_feature_update_reads_as_the_docs_say() -> None:
     event = normalized(SAMPLES / "feature_update_status.json")
     fields = parse_5424(encoder("syslog-cef")(event))
@@ -184,7 +205,7 @@ def test_feature_update_reads_as_the_docs_say() -> None:
         "pri": 133,
         "timestamp": "Nov 27 14:05:12",
         "hostname": "forwarder",  # RFC 3164: the host name without its domain
-        "tag": "aha-siem",
+        "tag": "ahasiem",  # RFC 3164: alphanumeric, so app_name's letters and digits
         "msg": encoder_for("leef")(event),
     }
 
@@ -296,7 +317,7 @@ def test_the_bom_is_an_option() -> None:
 def test_without_a_time_5424_sends_the_nilvalue_and_3164_no_header() -> None:
     event = {"event": {"action": "x"}, "message": "m"}
     assert parse_5424(encoder("syslog-cef")(event))["timestamp"] == "-"
-    assert encoder("syslog-cef", rfc="3164")(event).startswith(b"<133>aha-siem: CEF:0|")
+    assert encoder("syslog-cef", rfc="3164")(event).startswith(b"<133>ahasiem: CEF:0|")
 
 
 def test_3164_pads_the_day_with_a_space_and_keeps_an_ip_address_whole() -> None:
@@ -322,28 +343,56 @@ def test_octet_counting_counts_octets_not_characters() -> None:
     assert split_octet_counted(octet_count(frame) + octet_count(b"x")) == [frame, b"x"]
 
 
+def inner_name(name: str) -> str:
+    return name.removeprefix("syslog-").replace("json", "ecs")
+
+
+def parse_msg(name: str, msg: bytes) -> Any:
+    """The MSG read in its own format: it must parse, whatever was cut to fit."""
+    if name == "syslog-cef":
+        header, pairs = parse_cef(msg.decode("utf-8"))
+        assert read_back(msg.decode("utf-8")) == (header, dict(pairs))
+        return dict(pairs)
+    if name == "syslog-leef":
+        return dict(parse_leef(msg.decode("utf-8"))[2])
+    return orjson.loads(msg)
+
+
+def assert_cut_to_fit(name: str, msg: bytes) -> None:
+    """A JSON MSG made smaller to fit 1024 octets says so in its tags (CEF and LEEF have no
+    place for it: a cut text ends in an ellipsis, a field left out is missing)."""
+    if name == "syslog-json":
+        assert orjson.loads(msg)["tags"][-1] == "truncated"
+
+
 def check_frames(text: str, name: str, rfc: str) -> None:
     event = event_with(text)
     frame = encoder(name, rfc=rfc)(event)
-    inner = encoder_for(name.removeprefix("syslog-").replace("json", "ecs"))(event)
+    inner = encoder_for(inner_name(name))(event)
     if rfc == "5424":
         fields = parse_5424(frame)
-        assert fields["msg"] == inner  # the MSG is the encoded event, untouched
+        msg = fields["msg"]
+        if name == "syslog-json":
+            # The same document; DEL, C1, line separators and bidi controls as JSON escapes.
+            assert orjson.loads(msg) == orjson.loads(inner)
+        else:
+            assert msg == inner  # the MSG is the encoded event, untouched
         value = text if len(text) <= 255 else text[:254] + "\u2026"
         expected = clean(value.replace("\r", " ").replace("\n", " "))
         params = dict(fields["sd"][0][1]) if fields["sd"] else {}
         assert set(params) <= {"eventId", "recordType", "recordId", "userId", "orgId"}
         assert all(found == expected for found in params.values())
     else:
-        assert parse_3164(frame)["msg"] == inner
-    if name == "syslog-cef":
-        parse_cef(inner.decode("utf-8"))
-    assert raw_controls(frame[: len(frame) - len(inner)], allowed="") == set()  # the header
-    if name == "syslog-json":
-        # JSON is left to orjson, which escapes C0 as \u00XX; DEL and C1 are valid JSON as is.
-        assert not any(octet < 0x20 for octet in inner)
-    else:
-        assert raw_controls(inner) == set()
+        msg = parse_3164(frame)["msg"]
+        header = SyslogFramer(SyslogOptions(hostname=HOST, rfc="3164")).header_3164(event)
+        whole = header + (json_escape(inner) if name == "syslog-json" else inner)
+        if len(whole) <= PACKET_MAX:
+            assert frame == whole
+        else:
+            assert_cut_to_fit(name, msg)
+    parse_msg(name, msg)
+    # No control, line separator or bidi control anywhere: header, SD and MSG (TAB in LEEF).
+    assert raw_controls(frame) == set()
     # Both TCP framings give back exactly one message per event.
     assert split_octet_counted(octet_count(frame) * 2) == [frame, frame]
     assert (frame + b"\n").split(b"\n") == [frame, b""]
@@ -364,6 +413,132 @@ def test_any_text_stays_in_its_field_and_one_frame(text: str, name: str, rfc: st
 @given(texts, st.sampled_from(INNER), st.sampled_from(["5424", "3164"]))
 def test_no_control_octet_but_tab_is_ever_written(text: str, name: str, rfc: str) -> None:
     frame = encoder(name, rfc=rfc)(event_with(text))
-    assert not any(octet < 0x20 and octet != 0x09 for octet in frame), frame
-    if name != "syslog-json":  # DEL is valid JSON, and JSON is orjson's
-        assert b"\x7f" not in frame
+    assert not any((octet < 0x20 and octet != 0x09) or octet == 0x7F for octet in frame), frame
+
+
+# ---- RFC 3164: alphanumeric TAG, 1024 octets ----
+
+
+@pytest.mark.parametrize(
+    ("app_name", "tag"),
+    [
+        ("aha-siem", "ahasiem"),
+        ("siem.forwarder/v2_eu", "siemforwarderv2eu"),
+        ("A1", "A1"),
+        ("x" * 48, "x" * 32),
+    ],
+)
+def test_the_3164_tag_is_the_letters_and_digits_of_app_name(app_name: str, tag: str) -> None:
+    event = normalized(SAMPLES / "feature_create.json")
+    assert parse_3164(encoder("syslog-cef", rfc="3164", app_name=app_name)(event))["tag"] == tag
+    # RFC 5424's APP-NAME keeps them.
+    assert parse_5424(encoder("syslog-cef", app_name=app_name)(event))["app_name"] == app_name
+
+
+def test_an_app_name_without_letters_or_digits_is_refused_for_3164() -> None:
+    with pytest.raises(ValueError, match="app_name"):
+        SyslogOptions(rfc="3164", app_name="-._/")
+    assert SyslogOptions(app_name="-._/").app_name == "-._/"  # fine as an RFC 5424 APP-NAME
+
+
+@pytest.mark.parametrize("name", INNER)
+def test_a_long_event_is_made_to_fit_1024_octets_and_keeps_its_ids(name: str) -> None:
+    event = normalized(SAMPLES / "feature_update_status.json")
+    event["message"] = "\u00e9=\\|\t" * 3000
+    frame = encoder(name, rfc="3164")(event)
+    assert len(frame) <= PACKET_MAX
+    bsd = parse_3164(frame)
+    assert (bsd["timestamp"], bsd["tag"]) == ("Nov 27 14:05:12", "ahasiem")
+    msg = parse_msg(name, bsd["msg"])
+    assert_cut_to_fit(name, bsd["msg"])
+    if name == "syslog-cef":
+        assert msg["externalId"] == "7712852070579044363" and msg["suid"] == "6514078897796815681"
+        assert msg["suser"] == "priya.menon@example.com" and msg["flexString1"] == "Priya Menon"
+        assert msg["cs4"] == "Workflow status=Under consideration \u2192 Ready to develop"
+        assert msg["msg"].startswith("\u00e9=\\|\t") and msg["msg"].endswith("\u2026")
+    elif name == "syslog-leef":
+        assert msg["eventId"] == "7712852070579044363" and msg["userDisplayName"] == "Priya Menon"
+        assert msg["msg"].endswith("\u2026")
+    else:
+        # An ECS document of 1279 octets cannot fit with every field: the essential ones do.
+        assert msg["event"]["id"] == "7712852070579044363"
+        assert msg["event"]["action"] == "feature-update"
+        assert msg["user"] == event["user"]
+        assert msg["@timestamp"] == event["@timestamp"]
+        assert msg["aha"]["audit"]["auditable"] == event["aha"]["audit"]["auditable"]
+        assert msg["message"].endswith("\u2026")
+
+
+def test_every_sample_fits_1024_octets_in_every_format() -> None:
+    for path in [*sample_paths(), *hostile_paths()]:
+        for name in INNER:
+            parse_msg(name, parse_3164(encoder(name, rfc="3164")(normalized(path)))["msg"])
+
+
+def test_an_event_with_many_texts_keeps_its_essential_fields() -> None:
+    event = normalized(SAMPLES / "feature_update_status.json")
+    event["aha"]["audit"]["contributors"] = [{"name": "n" * 80}] * 400
+    for name in INNER:
+        msg = parse_msg(name, parse_3164(encoder(name, rfc="3164")(event))["msg"])
+        if name == "syslog-cef":
+            assert "cs5" not in msg  # contributors are not among the essential fields
+            assert msg["externalId"] == "7712852070579044363" and msg["suser"]
+        elif name == "syslog-json":
+            assert msg["tags"] == ["truncated"] and "contributors" not in msg["aha"]["audit"]
+
+
+def test_the_last_resort_is_a_cut_on_a_character_boundary() -> None:
+    # Not even the essential fields fit (a message that is an object of 500 members): cut.
+    event = normalized(SAMPLES / "feature_update_status.json")
+    event["message"] = {f"k\u00e9{n}": n for n in range(500)}
+    frame = encoder("syslog-json", rfc="3164")(event)
+    assert len(frame) in (PACKET_MAX, PACKET_MAX - 1)
+    assert parse_3164(frame)["tag"] == "ahasiem"
+    frame.decode("utf-8")
+    # A message framed as it is (not encoded from an event) is cut the same way.
+    framed = frame_3164("\u00e9".encode() * 600, event, SyslogOptions(hostname=HOST))
+    assert len(framed) in (PACKET_MAX, PACKET_MAX - 1)
+    framed.decode("utf-8")
+
+
+@given(texts, st.sampled_from(INNER))
+def test_any_3164_message_fits_and_parses(text: str, name: str) -> None:
+    event = normalized(SAMPLES / "feature_update_status.json")
+    event["message"] = text * 40
+    event["user"] = {**event["user"], "name": text, "email": text}
+    frame = encoder(name, rfc="3164")(event)
+    parse_msg(name, parse_3164(frame)["msg"])
+    assert raw_controls(frame) == set()
+
+
+# ---- Unicode line separators and bidi controls ----
+
+
+def test_syslog_json_escapes_separators_and_bidi_controls_and_keeps_the_text() -> None:
+    event = normalized(HOSTILE / "separators_in_every_field.json")
+    for rfc in ("5424", "3164"):
+        frame = encoder("syslog-json", rfc=rfc)(event)
+        assert raw_controls(frame) == set()
+        msg = parse_5424(frame)["msg"] if rfc == "5424" else parse_3164(frame)["msg"]
+        assert b"\\u2028" in msg and b"\\u0085" in msg
+        # JSON escapes decode to the very text.
+        assert orjson.loads(msg)["user"]["name"] == "Line\u2028Separator\u2029Para\u0085Nel"
+
+
+def test_the_framer_replaces_separators_and_bidi_controls_in_any_msg() -> None:
+    event = normalized(SAMPLES / "feature_create.json")
+    raw = "a\u2028b\u2029c\u0085d\u202ee\u2066f\u2069".encode()
+    expected = "a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf\ufffd".encode()
+    assert parse_5424(frame_5424(raw, event, SyslogOptions(hostname=HOST)))["msg"] == expected
+    assert parse_3164(frame_3164(raw, event, SyslogOptions(hostname=HOST)))["msg"] == expected
+
+
+@given(
+    st.text(st.sampled_from([*LINE_SEPARATORS, *BIDI_CONTROLS, "a", "\u00e9", " "])),
+    st.sampled_from(INNER),
+    st.sampled_from(["5424", "3164"]),
+)
+def test_no_separator_or_bidi_control_is_ever_written_raw(text: str, name: str, rfc: str) -> None:
+    frame = encoder(name, rfc=rfc)(event_with(text))
+    decoded = frame.decode("utf-8")
+    assert not any(char in decoded for char in LINE_SEPARATORS + BIDI_CONTROLS)
