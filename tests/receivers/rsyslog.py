@@ -3,7 +3,8 @@
 Each input writes what it receives to its own file, one message per line, with the template
 `%rawmsg%`: the message exactly as it arrived, framing removed (octet count, trailing LF). Control
 characters are kept as they are (`parser.escapeControlCharactersOnReceive="off"`), so a received
-line can be compared byte for byte with what was sent.
+line can be compared byte for byte with what was sent. A second file per input holds what
+rsyslog's parser made of each message (`parsed()`: HOSTNAME, TAG, program name, MSG).
 
     with Rsyslog(tmp_path) as receiver:
         ... send to receiver.tcp_port ...
@@ -68,13 +69,20 @@ def _listening(port: int, table: str, state: str | None) -> bool:
 class Rsyslog:
     """An rsyslogd process with its own config, certificates, output files and ports."""
 
-    def __init__(self, root: Path, *, ca: trustme.CA | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        ca: trustme.CA | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+    ) -> None:
         binary = rsyslogd_path()
         if binary is None:
             raise RuntimeError("rsyslogd is not installed: apt-get install rsyslog rsyslog-gnutls")
         self.binary = binary
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_message_size = max_message_size
         self.ca = ca or trustme.CA()
         server = self.ca.issue_cert("127.0.0.1", "localhost")
         client = self.ca.issue_cert("forwarder.test")
@@ -119,17 +127,23 @@ class Rsyslog:
         """The file input `name` (udp, tcp, tls, mtls) writes its messages to."""
         return self.root / f"{name}.out"
 
+    def parsed_output(self, name: str) -> Path:
+        """The file input `name` writes rsyslog's reading of each message to."""
+        return self.root / f"{name}.parsed"
+
     def _write_config(self) -> None:
         rulesets = "\n".join(
             f'ruleset(name="{name}") {{ action(type="omfile" file="{self.output(name)}" '
-            f'template="raw" flushOnTXEnd="on") }}'
+            f'template="raw" flushOnTXEnd="on") '
+            f'action(type="omfile" file="{self.parsed_output(name)}" '
+            f'template="parsed" flushOnTXEnd="on") }}'
             for name in INPUTS
         )
         tls = 'streamDriver.name="gtls" streamDriver.mode="1"'
         config = f"""
 global(
   workDirectory="{self.root}"
-  maxMessageSize="{MAX_MESSAGE_SIZE}"
+  maxMessageSize="{self.max_message_size}"
   parser.escapeControlCharactersOnReceive="off"
   defaultNetstreamDriverCAFile="{self.ca_file}"
   defaultNetstreamDriverCertFile="{self.cert_file}"
@@ -138,6 +152,7 @@ global(
 module(load="imudp")
 module(load="imtcp")
 template(name="raw" type="string" string="%rawmsg%\\n")
+template(name="parsed" type="string" string="%hostname%\\t%syslogtag%\\t%programname%\\t%msg%\\n")
 {rulesets}
 input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="udp")
 input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}" ruleset="tcp")
@@ -219,6 +234,19 @@ input(type="imtcp" address="127.0.0.1" port="{self.mtls_port}" ruleset="mtls"
             return []
         # A line is only complete with its LF; rsyslog may be half-way through writing one.
         return data.split(b"\n")[:-1]
+
+    def parsed(self, name: str) -> list[tuple[str, str, str, bytes]]:
+        """rsyslog's reading of each message input `name` received: (HOSTNAME, TAG with its
+        colon, program name, MSG), in arrival order."""
+        try:
+            data = self.parsed_output(name).read_bytes()
+        except FileNotFoundError:
+            return []
+        readings = []
+        for line in data.split(b"\n")[:-1]:
+            hostname, tag, program, msg = line.split(b"\t", 3)
+            readings.append((hostname.decode(), tag.decode(), program.decode(), msg))
+        return readings
 
     async def wait_for_lines(self, name: str, count: int, timeout: float = 15.0) -> list[bytes]:
         """The messages of input `name` once there are at least `count` (or what came in time)."""

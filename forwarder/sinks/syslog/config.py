@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from forwarder.sinks.config import ClientTlsConfig, SinkConfigBase
 
@@ -25,7 +25,7 @@ class SyslogSinkConfig(SinkConfigBase):
     transport: Literal["udp", "tcp", "tls"] = "tcp"
     """udp (RFC 5426, one message per datagram), tcp (RFC 6587) or tls (RFC 5425)."""
     framing: Literal["octet-counting", "non-transparent"] = "octet-counting"
-    """tcp and tls: `LEN SP MSG` (RFC 6587 §3.4.1) or MSG followed by LF (§3.4.2)."""
+    """tcp: `LEN SP MSG` (RFC 6587 §3.4.1) or MSG followed by LF (§3.4.2); tls: octet counting only."""
     tls: ClientTlsConfig = ClientTlsConfig()
     """CA bundle, verification and client certificate for transport tls."""
     max_message_bytes: int = Field(default=8192, ge=480)
@@ -46,6 +46,17 @@ class SyslogSinkConfig(SinkConfigBase):
     def destination_port(self) -> int:
         """The configured port, or the transport's registered one."""
         return self.port if self.port is not None else DEFAULT_PORTS[self.transport]
+
+    @field_validator("framing")
+    @classmethod
+    def _tls_counts_octets(cls, value: str, info: ValidationInfo) -> str:
+        # RFC 5425 §4.3 defines one framing for TLS, octet counting (`MSG-LEN SP SYSLOG-MSG`).
+        if value == "non-transparent" and info.data.get("transport") == "tls":
+            raise ValueError(
+                "non-transparent framing is not allowed with transport: tls; RFC 5425 §4.3 "
+                "frames syslog over TLS by octet counting only (framing: octet-counting)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _transport_settings(self) -> SyslogSinkConfig:

@@ -6,24 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from forwarder.formats.syslog import octet_count
+from forwarder.formats.syslog import cut_utf8, octet_count
 
 Framing = Literal["octet-counting", "non-transparent", "datagram"]
 Oversize = Literal["reject", "truncate"]
 
 LF = b"\n"
-
-
-def cut_utf8(message: bytes, limit: int) -> bytes:
-    """The first `limit` octets of `message`, shortened so no UTF-8 character is split."""
-    if len(message) <= limit:
-        return message
-    end = limit
-    # The first octet left out is a continuation octet (10xxxxxx): its character started
-    # inside the kept part, so leave that character out whole.
-    while end > 0 and message[end] & 0xC0 == 0x80:
-        end -= 1
-    return message[:end]
 
 
 def frame(message: bytes, framing: Framing) -> bytes:

@@ -48,6 +48,7 @@ def test_the_registry_builds_the_sink() -> None:
         ({"format": "ecs"}, "not accepted by a syslog sink"),
         ({"format": "cef"}, "not accepted by a syslog sink"),
         ({"transport": "udp", "framing": "non-transparent"}, "framing applies to tcp and tls"),
+        ({"transport": "tls", "framing": "non-transparent"}, "octet counting only"),
         ({"transport": "udp", "max_message_bytes": 65508}, "at most 65507 over udp"),
         ({"transport": "tcp", "tls": {"verify": False}}, "tls settings need transport: tls"),
         ({"max_message_bytes": 100}, "greater than or equal to 480"),
@@ -69,3 +70,14 @@ def test_tcp_above_the_udp_limit_is_fine() -> None:
 def test_tls_settings_with_tls() -> None:
     config = parse(transport="tls", tls={"ca_file": "/etc/siem/ca.pem", "server_name": "siem"})
     assert str(config.tls.ca_file) == "/etc/siem/ca.pem"
+
+
+def test_tls_with_non_transparent_framing_is_refused_naming_the_key() -> None:
+    # RFC 5425 §4.3: over TLS a syslog message is framed by octet counting only.
+    with pytest.raises(ValidationError) as refused:
+        parse(transport="tls", framing="non-transparent")
+    (error,) = refused.value.errors()
+    assert error["loc"][-1] == "framing"
+    assert "transport: tls" in error["msg"] and "RFC 5425" in error["msg"]
+    assert parse(transport="tls").framing == "octet-counting"
+    assert parse(transport="tcp", framing="non-transparent").framing == "non-transparent"

@@ -23,7 +23,7 @@ from forwarder.sinks.base import PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.syslog import SyslogSink, SyslogSinkConfig
 from forwarder.sinks.syslog.framing import cut_utf8
-from tests.helpers import normalized_sample, sample_paths
+from tests.helpers import hostile_paths, normalized_sample, sample_paths
 from tests.receivers.rsyslog import Rsyslog, rsyslogd_path
 from tests.unit.test_format_cef import TRICKY, event_with
 
@@ -39,15 +39,15 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
     "tcp-octet-counting": ("tcp", {"transport": "tcp"}),
     "tcp-newline": ("tcp", {"transport": "tcp", "framing": "non-transparent"}),
     "tls-octet-counting": ("tls", {"transport": "tls"}),
-    "tls-newline": ("tls", {"transport": "tls", "framing": "non-transparent"}),
     "mutual-tls": ("mtls", {"transport": "tls"}),
 }
 STREAMS = ("tcp-octet-counting", "tls-octet-counting")
 
 
 def events() -> list[dict[str, Any]]:
-    """Every sample, every tricky text (newlines, non-ASCII, escapes) and a 10 KB message."""
-    samples = [normalized_sample(path) for path in sample_paths()]
+    """Every sample and hostile body, every tricky text (newlines, non-ASCII, escapes, line
+    separators, bidi controls) and a 10 KB message."""
+    samples = [normalized_sample(path) for path in [*sample_paths(), *hostile_paths()]]
     # NUL and the other control characters included: the encoders write them as U+FFFD.
     tricky = [event_with(text) for text in TRICKY]
     long = {**samples[0], "message": "\u00e9\u2192 line\nbreak " * 600}
@@ -143,15 +143,70 @@ async def test_rsyslog_writes_exactly_what_was_sent(
         assert got == sent
 
 
-@pytest.mark.parametrize("route", ["udp", "tcp-octet-counting", "tcp-newline", "tls-newline"])
-async def test_rfc_3164_messages_arrive_whole(receiver: Rsyslog, sinks: Sinks, route: str) -> None:
+@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize(
+    "route", ["udp", "tcp-octet-counting", "tcp-newline", "tls-octet-counting"]
+)
+async def test_rfc_3164_messages_arrive_whole(
+    receiver: Rsyslog, sinks: Sinks, route: str, format: str
+) -> None:
     input, fields = ROUTES[route]
-    sink = await sinks(sink_config(receiver, input, format="syslog-cef", **fields))
-    sent = messages("syslog-cef", rfc="3164")
+    sink = await sinks(sink_config(receiver, input, format=format, **fields))
+    sent = messages(format, rfc="3164")
+    assert max(len(message) for message in sent) <= 1024  # RFC 3164 §4.1
     before = len(receiver.lines(input))
     await sink.send_batch(sent)
     got = await received_after(receiver, input, before, len(sent))
     assert sorted(got) == sorted(sent) if input == "udp" else got == sent
+
+
+def readings_of(receiver: Rsyslog, input: str, sent: list[bytes]) -> dict[bytes, tuple[Any, ...]]:
+    """rsyslog's reading of each message sent, by the message (UDP keeps no order)."""
+    raw, parsed = receiver.lines(input), receiver.parsed(input)
+    assert len(raw) == len(parsed)
+    return {line: reading for line, reading in zip(raw, parsed, strict=True) if line in sent}
+
+
+@pytest.mark.parametrize("route", ["udp", "tcp-octet-counting"])
+async def test_a_receiver_that_takes_1024_octets_reads_every_3164_message_whole(
+    tmp_path: Path, sinks: Sinks, route: str
+) -> None:
+    # rsyslog cut at RFC 3164's packet size: every message, long events included, still arrives
+    # whole, and rsyslog's own parser reads the alphanumeric TAG, the host and the CEF line.
+    with Rsyslog(tmp_path / "rsyslog", max_message_size=1024) as small:
+        input, fields = ROUTES[route]
+        sink = await sinks(sink_config(small, input, format="syslog-cef", **fields))
+        sent = messages("syslog-cef", rfc="3164")
+        await sink.send_batch(sent)
+        got = await received_after(small, input, 0, len(sent))
+        assert sorted(got) == sorted(sent)
+        readings = readings_of(small, input, sent)
+        assert len(readings) == len(set(sent))
+        for message, (hostname, tag, program, msg) in readings.items():
+            assert (hostname, tag, program) == ("fw", "ahasiem:", "ahasiem"), message[:80]
+            assert msg.lstrip(b" ").startswith(b"CEF:0|Aha!|Aha! Roadmaps|")
+            assert message.endswith(msg.lstrip(b" "))
+
+
+@pytest.mark.parametrize("format", FORMATS)
+async def test_no_line_separator_or_bidi_control_reaches_the_receiver(
+    receiver: Rsyslog, sinks: Sinks, format: str
+) -> None:
+    sink = await sinks(
+        sink_config(receiver, "tcp", transport="tcp", framing="non-transparent", format=format)
+    )
+    sent = [
+        message
+        for rfc in ("5424", "3164")
+        for message in messages(format, rfc=rfc)[: len(sample_paths()) + len(hostile_paths())]
+    ]
+    before = len(receiver.lines("tcp"))
+    await sink.send_batch(sent)
+    got = await received_after(receiver, "tcp", before, len(sent))
+    assert got == sent
+    forbidden = "\u0085\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    for line in got:
+        assert not any(char in forbidden for char in line.decode("utf-8")), line[:80]
 
 
 async def test_newlines_in_cef_values_stay_inside_one_message(
