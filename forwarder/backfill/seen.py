@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from forwarder.config import Config
 from forwarder.pipeline.dedupe import content_hash
+from forwarder.pipeline.users import canonical_audit
 
 log = logging.getLogger("forwarder.backfill.seen")
 
@@ -54,7 +55,8 @@ def index_body(index: SeenIndex, value: bytes | None) -> None:
         return
     audit: Any = body.get("audit")
     if isinstance(audit, Mapping) and audit.get("id") is not None:
-        index.add(str(audit["id"]), content_hash(audit))
+        # The topic holds bodies as received: either shape of contributors.
+        index.add(str(audit["id"]), content_hash(canonical_audit(audit)))
 
 
 async def scan_raw(config: Config, since: float, *, timeout: float = 300.0) -> SeenIndex:

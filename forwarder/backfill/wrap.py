@@ -1,11 +1,16 @@
 """An audit from the REST API wrapped as the webhook body Aha! would have POSTed, and its record.
 
 The worker's dedupe drops an exact copy only when the wrapped body yields the same
-`dedupe.content_hash` as the webhook's audit, so what the API may render differently is brought
-to the webhook's form here (docs/decisions/0005-backfill.md lists each difference):
+`dedupe.content_hash` (and record key) as the webhook's audit, so the API's shape is brought to
+the webhook's here (docs/decisions/0005-backfill.md lists each difference and its source).
+Documented by Aha!'s own example answer:
+- `auditable_id` and `associated_id` are JSON numbers: they become strings, as the webhook has them;
+- `contributors` come on every audit, each wrapped as `{"user": {...}}`: they become flat user
+  records (`pipeline.users`, the same function the worker applies to webhook bodies).
+Not documented, accepted in case the API ever sends them:
 - record types as Rails class names (`Feature`, `Ideas::IdeaEndorsement`) become the webhook's
   lower snake case (`feature`, `ideas/idea_endorsement`);
-- ids given as JSON numbers become strings, as the webhook carries them;
+- an `id` or `user.id` given as a JSON number becomes a string;
 - `changes` given as a mapping of field to value becomes the webhook's `[{field_name, value}]`;
 - `created_at` in another ISO-8601 spelling becomes UTC with milliseconds and `Z`.
 Fields the webhook has that the API lacks are not invented; unknown fields are kept.
@@ -24,6 +29,7 @@ import orjson
 
 from forwarder import records
 from forwarder.pipeline.dedupe import content_hash
+from forwarder.pipeline.users import canonical_audit
 
 SOURCE = "backfill"
 
@@ -88,7 +94,7 @@ def _created_at(value: Any) -> Any:
 
 def normalize_audit(audit: Mapping[str, Any]) -> dict[str, Any]:
     """An audit of the REST API in the shape of a webhook's `audit` object."""
-    fixed: dict[str, Any] = dict(audit)
+    fixed: dict[str, Any] = dict(canonical_audit(audit))
     for name in _ID_FIELDS:
         if name in fixed:
             fixed[name] = _id(fixed[name])
@@ -118,6 +124,8 @@ class RawRecord:
     value: bytes
     key: bytes
     headers: dict[str, str]
+    audit: dict[str, Any]
+    """The audit in the webhook's shape (what `value` holds under `audit`)."""
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
         """The headers as Kafka takes them."""
@@ -144,4 +152,5 @@ def wrap(audit: Mapping[str, Any], token_id: str, received_at: str | None = None
         value=value,
         key=records.record_key(body, body_sha256),
         headers=headers,
+        audit=normalized,
     )

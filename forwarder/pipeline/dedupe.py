@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from forwarder.pipeline.users import contributors, merges, others, user_key
+
 # State of one record, as stored in the table (orjson bytes):
 #   "a": {audit_id: [content_hash, event_time, shipped, [field names], [user keys]]}
 #   "i": {item_key: [audit_id, event_time]}   changes (and actions) already shipped
@@ -32,7 +34,7 @@ class Decision:
     ship: bool
     reason: str | None  # why it was dropped: "exact" or "collated"
     revision: bool  # same id as an earlier audit, different content
-    collated: bool  # carries contributors, or revises an id
+    collated: bool  # merges users besides its author, or revises an id
     supersedes: list[str] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)  # indices of changes shipped before
     state: State = field(default_factory=dict)
@@ -40,17 +42,6 @@ class Decision:
 
 def _canonical(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def user_key(user: Any) -> str | None:
-    """A stable key for a user record: the id, else the e-mail, else the name."""
-    if not isinstance(user, Mapping):
-        return None
-    for name in ("id", "email", "name"):
-        value = user.get(name)
-        if value not in (None, ""):
-            return f"{name}:{value}"
-    return None
 
 
 def _changes(audit: Mapping[str, Any]) -> list[Any]:
@@ -79,7 +70,7 @@ def audit_items(audit: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         # A create or destroy is itself something to ship; so is an update that names nothing.
         items.append(f"@{action}{_SEP}{audit.get('id')}" if not items else f"@{action}")
     users = [key for key in (user_key(audit.get("user")),) if key]
-    for contributor in audit.get("contributors") or ():
+    for contributor in contributors(audit):
         key = user_key(contributor)
         if key and key not in users:
             users.append(key)
@@ -87,12 +78,16 @@ def audit_items(audit: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def content_hash(audit: Mapping[str, Any]) -> str:
-    """Hash of what an audit says (not how it was formatted), to tell copies from revisions."""
+    """Hash of what an audit says (not how it was formatted), to tell copies from revisions.
+
+    Contributors count without the author: the REST API lists the author as a contributor of
+    every audit, the webhook does not, and both say the same.
+    """
     projection = {
         "action": audit.get("audit_action"),
         "record": [audit.get("auditable_type"), audit.get("auditable_id")],
         "user": user_key(audit.get("user")),
-        "contributors": sorted(filter(None, map(user_key, audit.get("contributors") or ()))),
+        "contributors": sorted(others(audit)),
         "changes": [change_key(change) for change in _changes(audit)],
     }
     return hashlib.sha256(_canonical(projection).encode()).hexdigest()[:32]
@@ -136,7 +131,7 @@ def decide(
     if earlier is not None and earlier[0] == digest:
         return Decision(False, "exact", False, False, state=state)
     revision = earlier is not None
-    collated = revision or bool(audit.get("contributors"))
+    collated = revision or merges(audit)
     newest = max([event_time, *(entry[1] for entry in state["a"].values())])
     _prune(state, newest, horizon)
 

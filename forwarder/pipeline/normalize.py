@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from forwarder.pipeline.richtext import rich_text
+from forwarder.pipeline.users import canonical_audit, canonical_body
 from forwarder.records import iso_millis
 
 ECS_VERSION = "8.17.0"
@@ -208,9 +209,9 @@ def _audit(doc: dict[str, Any], audit: Mapping[str, Any]) -> None:
     if description:
         doc["message"] = description
     author = _user(audit.get("user"))
-    contributors = [
-        user for user in (_user(raw) for raw in _items(audit.get("contributors"))) if user
-    ]
+    # parse_body's bodies are canonical already; one given to normalize() directly may not be.
+    listed = canonical_audit(audit).get("contributors")
+    contributors = [user for user in (_user(raw) for raw in _items(listed)) if user]
     if author:
         doc["user"] = author
     related = _related_users(([author] if author else []) + contributors)
@@ -276,7 +277,8 @@ def parse_body(raw: bytes) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         # The ingest validates bodies, so this is a record produced by someone else: keep it.
         body = {"event": "unparsed", "unparsed": {"raw": raw.decode("utf-8", "replace")}}
-    return body
+    # The worker's edge: dedupe, window mode and normalize see one shape of contributors.
+    return canonical_body(body)
 
 
 def event_epoch(body: Mapping[str, Any]) -> float | None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forwarder.pipeline import dedupe
+from forwarder.pipeline.users import contributors, merges
 
 Group = dict[str, Any]
 # A held group, stored as JSON in the table:
@@ -48,7 +49,7 @@ def due(group: Group, *, now: float, window: float) -> bool:
 
 
 def _users(audit: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    found = [audit.get("user"), *(audit.get("contributors") or ())]
+    found = [audit.get("user"), *contributors(audit)]
     return [user for user in found if isinstance(user, Mapping)]
 
 
@@ -61,7 +62,8 @@ def _fields(audit: Mapping[str, Any]) -> set[str]:
 
 
 def _collated(entry: Mapping[str, Any]) -> bool:
-    return bool(entry["audit"].get("contributors"))
+    # Not "has contributors": the REST API lists the author as one on every audit.
+    return merges(entry["audit"])
 
 
 def effective_time(entry: Mapping[str, Any], entries: list[Mapping[str, Any]]) -> float:

@@ -8,18 +8,33 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.pipeline.dedupe import Decision, State, change_key, decide, user_key
+from forwarder.pipeline.dedupe import (
+    Decision,
+    State,
+    annotate,
+    change_key,
+    content_hash,
+    decide,
+    user_key,
+)
+from forwarder.pipeline.users import canonical_audit
 from tests.helpers import SAMPLES
 
 HORIZON = 3600.0
 
 
 def sample(name: str) -> dict[str, Any]:
-    return orjson.loads((SAMPLES / "collation" / f"{name}.json").read_bytes())["audit"]
+    """A sample audit as the worker's dedupe sees it (contributors flat: `parse_body`)."""
+    audit = orjson.loads((SAMPLES / "collation" / f"{name}.json").read_bytes())["audit"]
+    return dict(canonical_audit(audit))
 
 
 PARTS = [sample("pre_collation_1"), sample("pre_collation_2"), sample("pre_collation_3")]
-COLLATED = {"new id": sample("collated_new_id"), "reused id": sample("collated_reuses_first_id")}
+COLLATED = {
+    "new id": sample("collated_new_id"),
+    "reused id": sample("collated_reuses_first_id"),
+    "wrapped contributors": sample("collated_wrapped_contributors"),
+}
 
 
 def run(audits: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Decision]]:
@@ -107,6 +122,24 @@ def test_a_collated_audit_reusing_an_id_is_a_revision() -> None:
     results = run([PARTS[0], PARTS[1], PARTS[2], COLLATED["reused id"]])
     assert results[-1][1].revision
     assert results[-1][1].reason == "collated"
+
+
+def test_the_author_listed_as_contributor_is_no_collation_and_no_other_content() -> None:
+    """The REST API lists the author in `contributors` of every audit; the webhook does not."""
+    webhook = PARTS[0]
+    api = {**PARTS[0], "contributors": [PARTS[0]["user"]]}
+    assert content_hash(api) == content_hash(webhook)
+    [(_, first), (_, second)] = run([webhook, api])
+    assert first.ship and not first.collated
+    assert (second.ship, second.reason, second.collated) == (False, "exact", False)
+    [(_, alone)] = run([api])
+    assert alone.ship and not alone.collated and not alone.revision
+    event: dict[str, Any] = {"aha": {"audit": {"changes": []}}}
+    assert "collation" not in annotate(event, alone)["aha"]
+    # A contributor besides the author is what makes an audit collated.
+    merged = {**api, "id": "other", "contributors": [PARTS[0]["user"], PARTS[1]["user"]]}
+    assert content_hash(merged) != content_hash({**merged, "contributors": []})
+    assert run([merged])[0][1].collated
 
 
 def test_changes_outside_the_horizon_ship_again() -> None:

@@ -178,6 +178,19 @@ def test_collated_audit_lists_every_contributor_in_related_user() -> None:
     assert len(doc["aha"]["audit"]["contributors"]) == 2
 
 
+def test_wrapped_and_flat_contributors_normalize_alike() -> None:
+    """The REST API wraps each contributor as {"user": {...}}; the webhook page lists users."""
+    flat = normalized("collation/collated_new_id.json")
+    wrapped = normalized("collation/collated_wrapped_contributors.json")
+    assert wrapped["related"] == flat["related"]
+    assert wrapped["aha"]["audit"]["contributors"] == flat["aha"]["audit"]["contributors"]
+    assert len(flat["aha"]["audit"]["contributors"]) == 2
+    # A body given to normalize() directly, not read through parse_body, too.
+    body = orjson.loads((SAMPLES / "collation/collated_wrapped_contributors.json").read_bytes())
+    direct = normalize(body, Provenance(), now=NOW)
+    assert direct["related"] == flat["related"]
+
+
 def test_unknown_event_type_is_kept_whole() -> None:
     raw = (SAMPLES / "security_event_unknown_type.json").read_bytes()
     doc = normalize_raw(raw, provenance_for(raw), now=NOW)

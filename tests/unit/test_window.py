@@ -89,6 +89,23 @@ def test_every_arrival_order_of_the_burst_ships_one_merged_event_with_the_last_v
             assert by_field["Name"]["audit_id"] == PARTS[0]["id"]
 
 
+def test_parts_from_the_api_listing_their_author_merge_like_the_webhook_parts() -> None:
+    """The REST API lists the author as a contributor of every audit: no collation in that."""
+    api_parts = [{**part, "contributors": [part["user"]]} for part in PARTS]
+    for collated in COLLATED.values():
+        for order in itertools.permutations(range(len(PARTS) + 1)):
+            merged = []
+            for parts in (PARTS, api_parts):
+                burst = [*parts, collated]
+                shipped, _, _ = run_window([(burst[i], created(burst[i])) for i in order])
+                [(body, info)] = shipped
+                merged.append((changes_of(body), users_of(body), info["changed_by"]))
+            assert merged[0] == merged[1]
+    # And a backfilled copy of a held webhook audit is an exact copy.
+    _, _, copies = run_window([(PARTS[0], created(PARTS[0])), (api_parts[0], created(PARTS[0]))])
+    assert copies == 1
+
+
 def test_resends_inside_a_window_are_dropped_as_exact_copies() -> None:
     order = [PARTS[0], PARTS[1], PARTS[0], COLLATED["new id"], PARTS[1], PARTS[2]]
     shipped, _, copies = run_window([(audit, created(audit)) for audit in order])
