@@ -1,11 +1,19 @@
 """A fake of Aha!'s audits API (`GET /api/v1/audits`) as a plain ASGI app.
 
-It follows what Aha!'s documentation says (bearer API key; `created_since`, `created_before`,
-`auditable_type`, `associated_type`/`associated_id`, `audit_action`, `user_id`; `page` and
-`per_page` with a `pagination` object; 429 when rate limited) and takes the cautious side where
-the documentation is silent: both time bounds inclusive, newest audits first, record types as
-Rails class names. Switches make it answer 401, 404, bursts of 429 with `Retry-After`, server
-errors, or call a hook before answering a page (to crash a client mid-run).
+By default it answers in the shape of Aha!'s own response example ("Retrieve record history"):
+`{"audits": [...], "pagination": {"total_records", "total_pages", "current_page"}}`; record types
+in snake case (`feature`, `ideas/idea`); `id` and `user.id` strings; `auditable_id` and
+`associated_id` numbers; `changes` a list of `{field_name, value}`; `contributors` on every
+audit, each wrapped as `{"user": {...}}` (the author when nobody else took part). Other shapes
+only on request: `type_style="class"` (Rails class names), `ids_as_numbers` (every id a number),
+`record_ids_as_strings`, `contributors="flat"|"absent"`, `changes_as_mapping`.
+
+Where the documentation is silent it takes the cautious side and says so: both time bounds
+inclusive, pages in a stated `order` (default newest first: `created_at`, then `id`,
+descending). Rate limit: 300 requests per minute (what Aha! reports, per source IP); a limit per
+second and `Retry-After` on a 429 are unconfirmed, so neither is on unless asked for. Switches
+make it answer 401, 404, bursts of 429, server errors, or call a hook before answering a page
+(to crash a client mid-run).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ def class_name(record_type: Any) -> Any:
 
 
 def make_audit(index: int, created: datetime, record: int | None = None) -> dict[str, Any]:
-    """An audit shaped like a webhook's, with an id whose top 32 bits are its second."""
+    """An audit shaped like a webhook's (the fake stores that shape and renders the API's),
+    with an id whose top 32 bits are its second."""
     second = int(created.timestamp())
     record = 7712852070702500000 + index if record is None else record
     return {
@@ -64,16 +73,28 @@ class FakeAhaApi:
         self,
         api_key: str = "aha-test-key",
         *,
-        type_style: str = "class",
+        type_style: str = "snake",
         ids_as_numbers: bool = False,
+        record_ids_as_strings: bool = False,
+        contributors: str = "wrapped",
+        changes_as_mapping: bool = False,
+        order: str = "newest_first",
         default_per_page: int = 30,
         max_per_page: int = 200,
-        per_second: float | None = 20.0,
+        per_second: float | None = None,
         per_minute: float | None = 300.0,
     ) -> None:
+        if order not in ("newest_first", "oldest_first"):
+            raise ValueError(f"order must be newest_first or oldest_first, not {order!r}")
+        if contributors not in ("wrapped", "flat", "absent"):
+            raise ValueError(f"contributors must be wrapped, flat or absent, not {contributors!r}")
         self.api_key = api_key
         self.type_style = type_style
         self.ids_as_numbers = ids_as_numbers
+        self.record_ids_as_strings = record_ids_as_strings
+        self.contributors = contributors
+        self.changes_as_mapping = changes_as_mapping
+        self.order = order
         self.default_per_page = default_per_page
         self.max_per_page = max_per_page
         self.per_second = per_second
@@ -81,7 +102,7 @@ class FakeAhaApi:
         self.unauthorized = False
         self.not_found = False
         self.burst_429 = 0
-        self.retry_after: str | None = "1"
+        self.retry_after: str | None = None
         self.fail_status: int | None = None
         self.fail_count = 0
         self.on_page: Callable[[dict[str, str]], None] | None = None
@@ -101,15 +122,34 @@ class FakeAhaApi:
         return [int(r.get("page", "1")) for r in self.requests if r.get("status") == "200"]
 
     def render(self, audit: dict[str, Any]) -> dict[str, Any]:
-        """One audit as the API shows it."""
+        """One audit (stored in the webhook's shape) as the API shows it."""
         shown = copy.deepcopy(audit)
         if self.type_style == "class":
             for name in ("auditable_type", "associated_type"):
                 shown[name] = class_name(shown.get(name))
+        record_ids_as_numbers = self.ids_as_numbers or not self.record_ids_as_strings
+        for name in ("id", "auditable_id", "associated_id"):
+            as_number = self.ids_as_numbers if name == "id" else record_ids_as_numbers
+            if as_number and isinstance(shown.get(name), str) and shown[name].isdigit():
+                shown[name] = int(shown[name])
+        users = _contributors(shown)
+        if self.contributors == "absent":
+            shown.pop("contributors", None)
+        else:
+            if self.contributors == "wrapped":
+                users = [{"user": user} for user in users]
+            shown["contributors"] = users
         if self.ids_as_numbers:
-            for name in ("id", "auditable_id", "associated_id"):
-                if isinstance(shown.get(name), str) and shown[name].isdigit():
-                    shown[name] = int(shown[name])
+            for user in [
+                shown.get("user"),
+                *(_inner(item) for item in shown.get("contributors") or ()),
+            ]:
+                if isinstance(user, dict) and str(user.get("id", "")).isdigit():
+                    user["id"] = int(user["id"])
+        if self.changes_as_mapping and isinstance(shown.get("changes"), list):
+            shown["changes"] = {
+                change["field_name"]: change["value"] for change in shown["changes"]
+            }
         return shown
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -174,8 +214,9 @@ class FakeAhaApi:
         per_page = min(self.max_per_page, int(query.get("per_page", self.default_per_page)))
         page = max(1, int(query.get("page", "1")))
         with self._lock:
-            audits = [self.render(audit) for audit in self._audits if self._matches(audit, query)]
-        audits.sort(key=lambda audit: (audit["created_at"], str(audit["id"])), reverse=True)
+            stored = [audit for audit in self._audits if self._matches(audit, query)]
+        stored.sort(key=_position, reverse=self.order == "newest_first")
+        audits = [self.render(audit) for audit in stored]
         total_pages = max(1, math.ceil(len(audits) / per_page))
         return {
             "audits": audits[(page - 1) * per_page : page * per_page],
@@ -203,3 +244,22 @@ class FakeAhaApi:
             if query["user_id"] != str(user.get("id")):
                 return False
         return True
+
+
+def _position(audit: dict[str, Any]) -> tuple[datetime, int, str]:
+    """Where an audit stands in the listing: by `created_at`, then by id."""
+    ident = str(audit.get("id"))
+    return _time(audit["created_at"]), int(ident) if ident.isdigit() else 0, ident
+
+
+def _contributors(audit: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored audit's contributors as flat records; the author alone when it lists none."""
+    listed = [item for item in audit.get("contributors") or () if isinstance(item, dict)]
+    if listed:
+        return [_inner(item) for item in listed]
+    author = audit.get("user")
+    return [copy.deepcopy(author)] if isinstance(author, dict) else []
+
+
+def _inner(item: Any) -> Any:
+    return item["user"] if isinstance(item, dict) and isinstance(item.get("user"), dict) else item

@@ -31,13 +31,19 @@ from forwarder.backfill.api import (
 from forwarder.backfill.backfill import Summary, slices, token_id_for
 from forwarder.backfill.commands import ProgressLine, parse_time, summary_text
 from forwarder.backfill.config import AhaAccountConfig, ReconcileConfig
+from forwarder.backfill.seen import SeenIndex, index_body
 from forwarder.backfill.wrap import normalize_audit, snake_type, wrap
 from forwarder.config import ConfigError, parse
-from forwarder.pipeline.dedupe import content_hash
+from forwarder.pipeline.dedupe import annotate, content_hash, decide, observe, subject
+from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
+from forwarder.pipeline.users import canonical_audit, others
 from tests.fakes.aha_api import FakeAhaApi, class_name
-from tests.helpers import sample_paths
+from tests.helpers import SAMPLES, sample_paths
 
 ACCOUNT = AhaAccountConfig(name="acme", api_key=SecretStr("k"))
+# Aha!'s documented answer of GET /api/v1/audits, with the sample feature_update_status.json.
+API_PAGE = Path(__file__).resolve().parents[1] / "data" / "aha_api" / "audits_page.json"
+NOW = "2026-11-27T14:10:13.052Z"
 
 
 def audit_samples() -> list[Path]:
@@ -133,16 +139,38 @@ def test_snake_type_matches_the_webhook_spelling(given: Any, expected: Any) -> N
     assert snake_type(given) == expected
 
 
+# The shape Aha! documents, and the odd ones the wrapper also accepts.
+API_SHAPES: dict[str, dict[str, Any]] = {
+    "documented": {},
+    "rails class names": {"type_style": "class"},
+    "every id a number": {"ids_as_numbers": True},
+    "record ids as strings": {"record_ids_as_strings": True},
+    "flat contributors": {"contributors": "flat"},
+    "changes as a mapping": {"changes_as_mapping": True},
+}
+
+
 @pytest.mark.parametrize("path", audit_samples(), ids=lambda path: path.stem)
-@pytest.mark.parametrize("ids_as_numbers", [False, True])
-def test_wrapped_api_audit_has_the_webhook_identity(path: Path, ids_as_numbers: bool) -> None:
+@pytest.mark.parametrize("shape", API_SHAPES)
+def test_wrapped_api_audit_has_the_webhook_identity(path: Path, shape: str) -> None:
     """The dedupe must see a backfilled audit as an exact copy of the webhook's."""
     webhook = orjson.loads(path.read_bytes())
-    api = FakeAhaApi(ids_as_numbers=ids_as_numbers).render(webhook["audit"])
+    api = FakeAhaApi(**API_SHAPES[shape]).render(webhook["audit"])
     record = wrap(api, "acme-prod", "2026-11-27T14:10:12.990Z")
     body = orjson.loads(record.value)
-    assert body == webhook
-    assert record.content_hash == content_hash(webhook["audit"])
+    expected = dict(canonical_audit(webhook["audit"]))
+    # The body is the webhook's, but for the contributors the API lists on every audit: flat,
+    # the author at least, and the same users besides the author as the webhook's.
+    listed = body["audit"].pop("contributors")
+    assert body == {
+        "event": "audit",
+        "audit": {key: value for key, value in expected.items() if key != "contributors"},
+    }
+    assert all("user" not in user for user in listed)
+    assert listed or expected["user"] is None
+    assert others({**expected, "contributors": listed}) == others(expected)
+    assert record.audit == {**body["audit"], "contributors": listed}
+    assert record.content_hash == content_hash(expected)
     assert record.key == records.record_key(webhook, "unused")
     assert record.headers == {
         "received-at": "2026-11-27T14:10:12.990Z",
@@ -150,6 +178,63 @@ def test_wrapped_api_audit_has_the_webhook_identity(path: Path, ids_as_numbers: 
         "token-id": "acme-prod",
         "body-sha256": hashlib.sha256(record.value).hexdigest(),
     }
+
+
+def test_the_fake_api_answers_in_the_documented_shape_by_default() -> None:
+    """What Aha!'s own example shows: the shape tests/data/aha_api/audits_page.json has."""
+    documented = orjson.loads(API_PAGE.read_bytes())["audits"][0]
+    webhook = orjson.loads((SAMPLES / "feature_update_status.json").read_bytes())["audit"]
+    shown = FakeAhaApi().render(webhook)
+    assert isinstance(shown["id"], str) and isinstance(shown["user"]["id"], str)
+    assert isinstance(shown["auditable_id"], int)
+    assert shown["auditable_type"] == "feature"
+    assert shown["contributors"] == [{"user": webhook["user"]}]
+    assert isinstance(shown["changes"], list)
+    # The same keys and types as the documented example, field by field.
+    assert {k: type(v) for k, v in shown.items() if k != "created_at"} == {
+        k: type(v) for k, v in documented.items() if k != "created_at"
+    }
+
+
+def test_an_audit_from_the_api_and_by_webhook_is_one_audit() -> None:
+    """Done when: a backfilled audit in the API's shape and the same audit by webhook normalize
+    to the same related.user, dedupe as copies, and neither counts as collated."""
+    [api_audit] = orjson.loads(API_PAGE.read_bytes())["audits"]
+    webhook_raw = (SAMPLES / "feature_update_status.json").read_bytes()
+    backfilled = wrap(api_audit, "acme-prod", "2026-11-27T14:10:12.990Z")
+    # Both as the worker reads them from the raw topic.
+    bodies = {"webhook": parse_body(webhook_raw), "backfill": parse_body(backfilled.value)}
+    docs = {route: normalize(body, Provenance(), now=NOW) for route, body in bodies.items()}
+    priya = ["6514078897796815681", "Priya Menon", "priya.menon@example.com"]
+    assert docs["webhook"]["related"] == docs["backfill"]["related"] == {"user": priya}
+    assert docs["webhook"]["user"] == docs["backfill"]["user"]
+    # The same record key, so both land in the same partition and the same dedupe state.
+    assert backfilled.key == records.record_key(bodies["webhook"], "unused")
+    for first, second in (("webhook", "backfill"), ("backfill", "webhook")):
+        one = decide(
+            None,
+            subject(bodies[first], "a"),
+            event_time=event_epoch(bodies[first]) or 0.0,
+            now=100.0,
+            horizon=3600.0,
+        )
+        two = decide(
+            one.state,
+            subject(bodies[second], "b"),
+            event_time=event_epoch(bodies[second]) or 0.0,
+            now=200.0,
+            horizon=3600.0,
+        )
+        assert one.ship and not one.collated and not one.revision
+        assert (two.ship, two.reason, two.collated) == (False, "exact", False)
+        assert "collation" not in annotate(docs[first], one)["aha"]
+        # Window mode holds the first and drops the second as a copy too.
+        _, _, state = observe(None, bodies[first]["audit"], event_time=1.0, now=1.0)
+        assert observe(state, bodies[second]["audit"], event_time=1.0, now=2.0)[0] == "exact"
+    # And reconcile, reading the webhook's body from the raw topic, finds this very audit there.
+    index = SeenIndex()
+    index_body(index, webhook_raw)
+    assert index.has(backfilled.audit_id, backfilled.content_hash)
 
 
 def test_normalize_turns_a_changes_mapping_and_times_into_the_webhook_form() -> None:
