@@ -19,6 +19,7 @@ from forwarder.backfill import checkpoint as checkpoints
 from forwarder.backfill.api import AhaClient
 from forwarder.backfill.checkpoint import Checkpoint
 from forwarder.backfill.config import AhaAccountConfig
+from forwarder.backfill.filters import AuditFilter
 from forwarder.backfill.seen import SeenIndex
 from forwarder.backfill.wrap import RawRecord, wrap
 from forwarder.config import Config
@@ -46,6 +47,8 @@ class Summary:
     skipped: int = 0
     changed: int = 0
     duplicates: int = 0
+    filtered: dict[str, int] = field(default_factory=dict)
+    """Audits the account's filtered webhook would not have sent, by reason (filters.REASONS)."""
     refused: int = 0
     """Audits Kafka refused for good (too large for the raw topic): listed in refused_ids."""
     refused_ids: list[str] = field(default_factory=list)
@@ -110,13 +113,15 @@ async def run(
 ) -> Summary:
     """Fetch the audits created in [since, until) and produce the missing ones to the raw topic.
 
-    `producer=None` is a dry run: nothing is produced and no checkpoint written. With `seen`,
+    Audits the account's filtered webhook would not have sent (`filters`) are left out and
+    counted in `Summary.filtered`. `producer=None` is a dry run: nothing is produced and no checkpoint written. With `seen`,
     audits whose id the raw topic already holds are skipped; without it every audit is sent
     (the worker's dedupe drops exact copies). With `checkpoint_file`, the position after each
     acknowledged page is saved there and a run with the same range resumes from it.
     """
     topic = config.topics.raw
     token_id = token_id_for(config, account)
+    audit_filter = AuditFilter.of(account.filters) if account.filters.active else None
     state = Checkpoint.new(account.name, topic, since, until)
     summary = Summary()
     if checkpoint_file is not None:
@@ -150,6 +155,10 @@ async def run(
                     summary.duplicates += 1
                     continue
                 recent.add(record.audit_id)
+                reason = audit_filter.rejects(record.audit) if audit_filter else None
+                if reason is not None:
+                    summary.filtered[reason] = summary.filtered.get(reason, 0) + 1
+                    continue
                 if seen is not None and seen.has_id(record.audit_id):
                     summary.skipped += 1
                     if not seen.has(record.audit_id, record.content_hash):

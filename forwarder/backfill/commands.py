@@ -116,6 +116,13 @@ def summary_text(summary: Summary, *, dry_run: bool) -> str:
         f"skipped as already seen: {summary.skipped}"
         + (f" ({summary.changed} with other content)" if summary.changed else ""),
     ]
+    if summary.filtered:
+        reasons = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(summary.filtered.items())
+        )
+        lines.append(
+            f"left out by the webhook's filters: {sum(summary.filtered.values())} ({reasons})"
+        )
     if summary.duplicates:
         lines.append(f"listed twice by the API: {summary.duplicates}")
     if summary.refused:

@@ -40,8 +40,17 @@ class ReconcileMetrics(ApiMetrics):
         super().__init__(registry)
         self.missing = Counter(
             "aha_siem_reconcile_missing_total",
-            "Audits Aha! lists that the raw topic did not have, injected into it, by account.",
+            "Audits Aha! lists that the raw topic did not have and the account's webhook filters "
+            "let through, injected into it, by account.",
             ["account"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "aha_siem_reconcile_skipped_total",
+            "Audits listed by Aha! and not injected, by account and reason: seen (id already in "
+            "the raw topic), the webhook's filters (workspace, workspace_unknown, record_type, "
+            "field, user), duplicate (listed twice or outside the window), refused (by Kafka).",
+            ["account", "reason"],
             registry=registry,
         )
         self.changed = Counter(

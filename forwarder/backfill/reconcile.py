@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from forwarder.backfill import backfill
+from forwarder.backfill import backfill, filters
 from forwarder.backfill.api import AhaApiError, AhaClient
 from forwarder.backfill.backfill import Producer, Summary
 from forwarder.backfill.config import AhaAccountConfig
@@ -73,9 +73,12 @@ async def reconcile_once(
         metrics.runs.labels(account.name, outcome_of(error)).inc()
         metrics.duration.labels(account.name).observe(time.monotonic() - started)
         raise
+    skipped = skipped_by_reason(summary)
     metrics.checked.labels(account.name).inc(summary.audits)
     metrics.missing.labels(account.name).inc(summary.injected)
     metrics.changed.labels(account.name).inc(summary.changed)
+    for reason, count in skipped.items():
+        metrics.skipped.labels(account.name, reason).inc(count)
     metrics.runs.labels(account.name, "success").inc()
     metrics.last_success.labels(account.name).set(time.time())
     metrics.duration.labels(account.name).observe(time.monotonic() - started)
@@ -89,9 +92,24 @@ async def reconcile_once(
             "missing": summary.injected,
             "changed": summary.changed,
             "pages": summary.pages,
+            **{f"skipped_{reason}": count for reason, count in skipped.items() if count},
         },
     )
     return summary
+
+
+SKIP_REASONS = ("seen", *filters.REASONS, "duplicate", "refused")
+
+
+def skipped_by_reason(summary: Summary) -> dict[str, int]:
+    """What a run listed and did not inject, by the `reason` label of the skipped metric."""
+    counts = {
+        "seen": summary.skipped,
+        **summary.filtered,
+        "duplicate": summary.duplicates,
+        "refused": summary.refused,
+    }
+    return {reason: counts.get(reason, 0) for reason in SKIP_REASONS}
 
 
 async def _account_loop(
@@ -141,6 +159,8 @@ async def run(
     for account in accounts:
         metrics.last_success.labels(account.name)
         metrics.missing.labels(account.name)
+        for reason in SKIP_REASONS:
+            metrics.skipped.labels(account.name, reason)
     if serve_metrics is not None:
         serve_metrics(registry)
     producer = None if dry_run else KafkaBodyProducer(config, "reconcile")

@@ -26,7 +26,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from forwarder.backfill import reconcile
-from forwarder.backfill.config import AhaAccountConfig, AhaConfig, RateLimitConfig, ReconcileConfig
+from forwarder.backfill.config import (
+    AhaAccountConfig,
+    AhaConfig,
+    FiltersConfig,
+    RateLimitConfig,
+    ReconcileConfig,
+)
 from forwarder.config import Config
 from tests.fakes.aha_api import FakeAhaApi, make_audit
 from tests.fakes.server import AsgiServer
@@ -44,7 +50,9 @@ def aha() -> Iterator[tuple[FakeAhaApi, AsgiServer]]:
         yield fake, server
 
 
-def with_account(stack: Stack, server: AsgiServer, tmp: Path) -> Config:
+def with_account(
+    stack: Stack, server: AsgiServer, tmp: Path, filters: FiltersConfig | None = None
+) -> Config:
     """The stack's config plus an Aha! account on the fake API, reconciling the last hour."""
     account = AhaAccountConfig(
         name="acme",
@@ -53,6 +61,7 @@ def with_account(stack: Stack, server: AsgiServer, tmp: Path) -> Config:
         per_page=7,
         rate_limit=RateLimitConfig(requests_per_second=20, burst=20),
         reconcile=ReconcileConfig(enabled=True, window_seconds=3600, settle_seconds=0),
+        filters=filters or FiltersConfig(),
     )
     aha = AhaConfig(accounts=(account,), checkpoint_dir=tmp / "checkpoints", scan_margin_seconds=60)
     return stack.config.model_copy(update={"aha": aha})
@@ -216,3 +225,136 @@ async def test_reconcile_after_an_ingest_outage_brings_every_missed_audit_once(
     assert worker_events_in(stack) == before + len(audits)
     counts = shipped_ids(stack.events_file)
     assert {i: counts[i] for i in ids} == dict.fromkeys(ids, 1)
+
+
+def shipped_events(events_file: Path) -> list[dict[str, Any]]:
+    if not events_file.exists():
+        return []
+    return [orjson.loads(line) for line in events_file.read_bytes().splitlines() if line.strip()]
+
+
+async def test_reconcile_with_the_webhooks_filters_injects_only_what_the_webhook_would_send(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Done when: with filters configured, reconcile against the fake API (documented shapes)
+    injects only what a filtered webhook would have sent."""
+    # The account's activity webhook sends workspace DEMO, features and requirements, changes
+    # to Workflow status or Estimate, by Priya (e-mail) or Jonas (id).
+    filters = FiltersConfig(
+        workspaces=("DEMO",),
+        record_types=("feature", "requirement"),
+        fields=("Workflow status", "Estimate"),
+        users=("p@example.com", "6514079921178334209"),
+    )
+    # make_audit's author is Priya, p@example.com.
+    jonas = {"id": "6514079921178334209", "name": "Jonas Düring", "email": "j@example.com"}
+    mallory = {"id": "42", "name": "Mallory", "email": "mallory@example.com"}
+    status = {"field_name": "Workflow status", "value": "Ready &rarr; Done"}
+    name = {"field_name": "Name", "value": "Renamed"}
+    # (what the audit is, how it differs from a DEMO feature's status change by Priya, whether
+    # the filtered webhook sends it, and whether it arrived), written out rather than computed.
+    cases: list[tuple[str, dict[str, Any], bool, bool]] = [
+        ("status by Priya", {}, True, True),
+        ("status and name by Jonas", {"user": jonas, "changes": [status, name]}, True, False),
+        (
+            "estimate of a requirement",
+            {"auditable_type": "requirement", "changes": [{"field_name": "Estimate", "value": 3}]},
+            True,
+            False,
+        ),
+        (
+            "Mallory's, with Jonas merged in",
+            {"user": mallory, "contributors": [mallory, jonas]},
+            True,
+            False,
+        ),
+        ("in workspace OPS", {"workspace": "OPS"}, False, False),
+        ("a release", {"auditable_type": "release"}, False, False),
+        ("only the name", {"changes": [name]}, False, False),
+        ("by Mallory", {"user": mallory}, False, False),
+        ("by the system", {"user": None}, False, False),
+        (
+            "no workspace to read",
+            {"auditable_url": None, "description": "updated it"},
+            False,
+            False,
+        ),
+        ("estimate by Priya", {"changes": [{"field_name": "Estimate", "value": 8}]}, True, True),
+    ]
+    fake = FakeAhaApi(API_KEY, per_second=None, per_minute=None)
+    before = worker_events_in(stack)
+    audits: dict[str, dict[str, Any]] = {}
+    sent, arrived = set(), set()
+    for index, (label, changes, webhook_sends, delivered) in enumerate(cases):
+        audit = make_audit(2000 + index, datetime.now(UTC), records(2000 + index))
+        workspace = changes.pop("workspace", "DEMO")
+        audit["auditable_url"] = f"https://acme.aha.io/features/{workspace}-{2000 + index}"
+        audit["description"] = f"updated feature {workspace}-{2000 + index} {label}"
+        audit["changes"] = [status]
+        audit.update(changes)
+        audits[audit["id"]] = audit
+        if webhook_sends:
+            sent.add(audit["id"])
+            if delivered:
+                assert post(stack.webhook_url(), audit)
+                arrived.add(audit["id"])
+    fake.add(*audits.values())
+    missed = sent - arrived
+    assert len(missed) == 3
+
+    with AsgiServer(fake) as server:
+        config = with_account(stack, server, tmp_path, filters)
+        registry = CollectorRegistry()
+        accounts = list(config.aha.accounts)
+        assert await reconcile.run(config, accounts, once=True, registry=registry) == 0
+
+        def sample(name: str, **labels: str) -> float:
+            return registry.get_sample_value(name, {"account": "acme", **labels}) or 0.0
+
+        assert sample("aha_siem_reconcile_missing_total") == len(missed)
+        assert sample("aha_siem_reconcile_checked_total") == len(cases)
+        # The API's shape of the two that arrived by webhook is the same audit, not a revision.
+        assert sample("aha_siem_reconcile_changed_total") == 0
+        skipped = {
+            reason: sample("aha_siem_reconcile_skipped_total", reason=reason)
+            for reason in reconcile.SKIP_REASONS
+        }
+        assert skipped == {
+            "seen": 2.0,
+            "workspace": 1.0,
+            "workspace_unknown": 1.0,
+            "record_type": 1.0,
+            "field": 1.0,
+            "user": 2.0,
+            "duplicate": 0.0,
+            "refused": 0.0,
+        }
+        counts = wait_for(stack, sorted(sent), consumed=before + len(sent))
+        # Every audit the webhook would have sent reached the sink once; none it would not have.
+        assert {i: counts[i] for i in audits if counts[i]} == dict.fromkeys(sent, 1)
+        # The injected ones are plain audits, not collations (the API lists the author as a
+        # contributor of each); the one with Jonas merged in names him.
+        events = {
+            event["event"]["id"]: event
+            for event in shipped_events(stack.events_file)
+            if event["event"]["id"] in missed
+        }
+        assert set(events) == missed
+        for audit_id, event in events.items():
+            merged_in = audits[audit_id].get("contributors")
+            assert ("collation" in event["aha"]) == bool(merged_in), audit_id
+        assert all(
+            {"Jonas Düring", "6514079921178334209"} <= set(event["related"]["user"])
+            for audit_id, event in events.items()
+            if audits[audit_id].get("contributors")
+        )
+
+        # A second run injects nothing; the excluded audits do not count as missing again.
+        second = CollectorRegistry()
+        assert await reconcile.run(config, accounts, once=True, registry=second) == 0
+        assert second.get_sample_value("aha_siem_reconcile_missing_total", {"account": "acme"}) == 0
+        assert second.get_sample_value(
+            "aha_siem_reconcile_skipped_total", {"account": "acme", "reason": "seen"}
+        ) == len(sent)
+    await asyncio.sleep(2.0)
+    assert worker_events_in(stack) == before + len(sent)

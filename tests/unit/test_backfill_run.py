@@ -140,6 +140,22 @@ async def test_pages_through_every_audit_once(fake: FakeAhaApi, server: AsgiServ
     assert headers["source"] == "backfill" and headers["token-id"] == "acme-prod"
 
 
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+async def test_nothing_depends_on_the_order_aha_lists_audits_in(order: str) -> None:
+    """Aha! does not document the order of its answer; the fake can list either way."""
+    fake = FakeAhaApi(order=order, per_minute=None)
+    audits = spread(90)
+    fake.add(*audits)
+    with AsgiServer(fake) as listed:
+        async with AhaClient(account(listed, fake, per_page=7)) as client:
+            page = await client.audits(START, END, 1)
+        times = [audit["created_at"] for audit in page.audits]
+        assert times == sorted(times, reverse=order == "newest_first")
+        producer = RecordingProducer()
+        await run(account(listed, fake, per_page=7), producer)
+    assert Counter(producer.ids()) == Counter(audit["id"] for audit in audits)
+
+
 async def test_audits_already_in_the_raw_topic_are_skipped(
     fake: FakeAhaApi, server: AsgiServer
 ) -> None:
@@ -327,6 +343,57 @@ async def test_an_audit_kafka_refuses_is_reported_and_the_backfill_goes_on(
     # The broken producer was replaced once, not retried for ever.
     assert producer.recreated == 1
     assert "refused by Kafka" in summary_text(summary, dry_run=False)
+
+
+def filtered_stream() -> tuple[list[dict[str, Any]], set[str]]:
+    """Audits of several workspaces, record types, fields and users; and the ids an activity
+    webhook filtered to workspace DEMO, features, `Workflow status` and Priya would send."""
+    audits, sent = [], set()
+    mallory = {"id": "42", "name": "Mallory", "email": "mallory@example.com"}
+    for index in range(40):
+        audit = make_audit(index, START + timedelta(minutes=index))
+        kind = index % 5
+        if kind == 1:
+            audit["auditable_url"] = f"https://acme.aha.io/features/OPS-{index}"
+            audit["description"] = f"updated feature OPS-{index}"
+        elif kind == 2:
+            audit["auditable_type"] = "release"
+        elif kind == 3:
+            audit["changes"] = [{"field_name": "Workflow status", "value": "a &rarr; b"}]
+            audit["user"] = mallory
+        else:
+            audit["changes"].append({"field_name": "Workflow status", "value": "x &rarr; y"})
+        if kind in (0, 4):
+            sent.add(audit["id"])
+        audits.append(audit)
+    return audits, sent
+
+
+FILTERS = {
+    "workspaces": ["DEMO"],
+    "record_types": ["feature"],
+    "fields": ["Workflow status"],
+    "users": ["p@example.com"],
+}
+
+
+async def test_only_what_the_filtered_webhook_would_have_sent_is_injected(
+    fake: FakeAhaApi, server: AsgiServer
+) -> None:
+    audits, sent = filtered_stream()
+    fake.add(*audits)
+    producer = RecordingProducer()
+    summary = await run(account(server, fake, filters=FILTERS), producer)
+    assert set(producer.ids()) == sent
+    assert summary.injected == len(sent)
+    assert summary.filtered == {"workspace": 8, "record_type": 8, "user": 8}
+    assert "left out by the webhook's filters: 24 (record_type 8, user 8, workspace 8)" in (
+        summary_text(summary, dry_run=False)
+    )
+    # Without filters, everything is injected.
+    everything = RecordingProducer()
+    assert (await run(account(server, fake), everything)).filtered == {}
+    assert len(everything.ids()) == len(audits)
 
 
 async def test_a_dry_run_sends_nothing_and_saves_nothing(
