@@ -195,14 +195,17 @@ class SyslogFramer:
         def attempt(smaller: Mapping[str, Any]) -> bytes:
             return header + safe_msg(inner(smaller))
 
-        marked = tagged(event)
+        # The tag goes on after the cut, so no size can cut the tag itself.
         fitted = largest_fit(
-            lambda size: attempt(shrunk(marked, size)), TEXT_FLOOR, largest(marked), PACKET_MAX
+            lambda size: attempt(tagged(shrunk(event, size))),
+            TEXT_FLOOR,
+            largest(event),
+            PACKET_MAX,
         )
         if fitted is None:
-            kept = tagged(essential(event))
+            kept = essential(event)
             fitted = largest_fit(
-                lambda size: attempt(shrunk(kept, size, lists=True)),
+                lambda size: attempt(tagged(shrunk(kept, size, lists=True))),
                 1,
                 largest(kept, lists=True),
                 PACKET_MAX,

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from forwarder.formats import encoder_for
@@ -406,6 +406,7 @@ def test_tricky_values_stay_in_their_field(text: str, rfc: str) -> None:
 
 
 @given(texts, st.sampled_from(INNER), st.sampled_from(["5424", "3164"]))
+@example("\x1f" * 8, "syslog-json", "3164")  # cut to 8 characters: the tag must stay whole
 def test_any_text_stays_in_its_field_and_one_frame(text: str, name: str, rfc: str) -> None:
     check_frames(text, name, rfc)
 
