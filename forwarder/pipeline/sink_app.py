@@ -44,6 +44,10 @@ _KEPT_HEADERS = (
     records.HEADER_REQUEST_ID,
 )
 
+HEADER_DESTINATION_REQUEST_ID = "destination-request-id"
+"""DLQ header: the destination's id of the last request that carried the event (Sentinel's
+x-ms-client-request-id), to look up in the destination's own logs."""
+
 
 def sink_app_id(config: Config, sink_name: str) -> str:
     """The Faust app id, and so the consumer group, of one sink."""
@@ -101,6 +105,7 @@ async def dead_letter(
     error: str,
     attempts: int,
     first_failed_at: str,
+    destination_request_id: str | None = None,
 ) -> None:
     """Produce one event to the DLQ and wait for Kafka's ack (before its source may be acked)."""
     headers = [
@@ -111,6 +116,8 @@ async def dead_letter(
         ("attempts", str(attempts).encode()),
         ("first-failed-at", first_failed_at.encode()),
     ]
+    if destination_request_id:
+        headers.append((HEADER_DESTINATION_REQUEST_ID, destination_request_id.encode()[:200]))
     delivery = await producer_send(key=item.key, value=item.value, headers=headers)
     await delivery
 
@@ -144,7 +151,14 @@ async def ship(
         )
     for index, reason in sorted(outcome.rejected.items()):
         metrics.sink_dead_lettered.labels(sink.name, outcome.dead_letter_reason(index)).inc()
-        await dead_letter(send_dlq, items[index], reason, outcome.attempts, first_try)
+        await dead_letter(
+            send_dlq,
+            items[index],
+            reason,
+            outcome.attempts,
+            first_try,
+            outcome.request_ids.get(index),
+        )
     now = time.time()
     for index in outcome.delivered:
         received = records.received_epoch(items[index].headers)

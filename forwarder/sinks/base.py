@@ -35,6 +35,10 @@ class SinkError(Exception):
     `failure` is its class in the project's taxonomy (forwarder/failures.py): by default
     TRANSIENT when retriable, RECORD when not. DESTINATION is retried like TRANSIENT but logged
     as an error; UNRECOGNIZED is retried at most `retry.max_unrecognized_attempts` times.
+
+    `request_ids` maps positions of the batch given to `send_batch` to the destination's id of
+    the request that carried them (Azure's `x-ms-client-request-id`): a dead-lettered event
+    keeps it, to be found in the destination's own logs.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class SinkError(Exception):
         retry_after: float | None = None,
         reason: str | None = None,
         failure: Failure | None = None,
+        request_ids: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.retriable = retriable
@@ -52,6 +57,7 @@ class SinkError(Exception):
         self.reason = reason or ("unavailable" if retriable else "rejected")
         self.failure = failure or (Failure.TRANSIENT if retriable else Failure.RECORD)
         self.attempts = 1
+        self.request_ids = dict(request_ids or {})
 
 
 class PartialFailure(SinkError):
@@ -72,6 +78,7 @@ class PartialFailure(SinkError):
         retry_after: float | None = None,
         unrecognized: Mapping[int, str] | None = None,
         failure: Failure | None = None,
+        request_ids: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(
             message,
@@ -79,6 +86,7 @@ class PartialFailure(SinkError):
             retry_after=retry_after,
             reason="partial",
             failure=failure,
+            request_ids=request_ids,
         )
         self.retry = tuple(retry)
         self.rejected = dict(rejected or {})
@@ -116,7 +124,7 @@ class Reject:
 Verdict = Ok | Retry | Reject
 
 
-def raise_for(verdict: Verdict, message: str) -> None:
+def raise_for(verdict: Verdict, message: str, request_ids: Mapping[int, str] | None = None) -> None:
     """Turn a classifier's verdict into the SinkError `deliver` understands (Ok returns)."""
     if isinstance(verdict, Retry):
         raise SinkError(
@@ -124,12 +132,20 @@ def raise_for(verdict: Verdict, message: str) -> None:
             retriable=True,
             retry_after=verdict.after,
             failure=verdict.failure,
+            request_ids=request_ids,
         )
     if isinstance(verdict, Reject):
-        raise SinkError(f"{message}: {verdict.reason}", retriable=False, reason="rejected")
+        raise SinkError(
+            f"{message}: {verdict.reason}",
+            retriable=False,
+            reason="rejected",
+            request_ids=request_ids,
+        )
 
 
-def partial_failure(verdicts: Mapping[int, Verdict], message: str) -> PartialFailure | None:
+def partial_failure(
+    verdicts: Mapping[int, Verdict], message: str, request_ids: Mapping[int, str] | None = None
+) -> PartialFailure | None:
     """The PartialFailure for per-event verdicts (by index in the batch), or None if all are Ok."""
     retry = sorted(index for index, verdict in verdicts.items() if isinstance(verdict, Retry))
     rejected = {
@@ -158,6 +174,7 @@ def partial_failure(verdicts: Mapping[int, Verdict], message: str) -> PartialFai
         retry_after=max(waits) if waits else None,
         unrecognized=unrecognized,
         failure=_worst(verdict.failure for verdict in retried) if retry else None,
+        request_ids=request_ids,
     )
 
 
@@ -177,17 +194,18 @@ def settle_batch(
     sink: str,
     request: str,
     batch: str,
+    request_ids: Mapping[int, str] | None = None,
 ) -> None:
     """End a batch sent as one request (maybe split): return when every event was delivered.
 
     `whole` is the failure of the request itself, raised as a SinkError named by `request`;
     otherwise the per-event `verdicts` become a PartialFailure named by `batch`, its rejections
-    logged with their reasons.
+    logged with their reasons. `request_ids` (by index in the batch) go with the error.
     """
     if whole is not None:
-        raise_for(whole, request)
+        raise_for(whole, request, request_ids)
         return
-    failure = partial_failure(verdicts, batch)
+    failure = partial_failure(verdicts, batch, request_ids)
     if failure is None:
         return
     if failure.rejected:
@@ -233,6 +251,8 @@ class Outcome:
     # Rejected because the destination's answers about them could not be understood.
     unrecognized: set[int] = field(default_factory=set)
     attempts: int = 0
+    # The destination's id of the last failed request that carried each event, when it has one.
+    request_ids: dict[int, str] = field(default_factory=dict)
 
     def dead_letter_reason(self, index: int) -> str:
         """The reason label of a rejected event: rejected, retries_exhausted, unrecognized_answer."""
@@ -344,6 +364,12 @@ async def deliver(
         gone = set(spent)
         pending = [index for index in pending if index not in gone]
 
+    def keep_request_ids(error: SinkError) -> None:
+        """Remember which request of the destination last carried each event of `error`."""
+        for position, request_id in error.request_ids.items():
+            if 0 <= position < len(pending):
+                outcome.request_ids[pending[position]] = request_id
+
     started = time.perf_counter()
     try:
         async for attempt in AsyncRetrying(
@@ -361,6 +387,7 @@ async def deliver(
                 try:
                     await sink.send_batch(batch)
                 except PartialFailure as error:
+                    keep_request_ids(error)
                     for position, reason in error.rejected.items():
                         outcome.rejected[pending[position]] = reason
                     retried = {pending[position] for position in error.retry}
@@ -378,6 +405,7 @@ async def deliver(
                     if pending:
                         raise _Retryable(error) from None
                 except SinkError as error:
+                    keep_request_ids(error)
                     if not error.retriable:
                         for index in pending:
                             outcome.rejected[index] = str(error)

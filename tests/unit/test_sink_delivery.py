@@ -271,3 +271,29 @@ async def test_a_destination_failure_is_logged_as_an_error_and_reports_the_sink_
     sink = ScriptedSink(*[refused] * 3)
     await deliver(sink, [b"a"], worker_metrics, RetryConfig(max_attempts=2))
     assert registry.get_sample_value("aha_siem_sink_up", {"sink": "scripted"}) == 0
+
+
+async def test_each_event_keeps_the_request_id_of_the_last_failed_request_that_carried_it() -> None:
+    # Positions are those of each attempt's batch: after the first call only b and c remain,
+    # so the second call's position 1 is c.
+    sink = ScriptedSink(
+        PartialFailure(
+            "one rejected, two to retry",
+            retry=[1, 2],
+            rejected={0: "400"},
+            retry_after=0.01,
+            request_ids={0: "req-1", 1: "req-1", 2: "req-1"},
+        ),
+        SinkError("400 for c", retriable=False, request_ids={0: "req-2", 1: "req-3"}),
+    )
+    outcome = await deliver(sink, [b"a", b"b", b"c"], metrics()[0])
+    assert outcome.rejected.keys() == {0, 1, 2}
+    assert outcome.request_ids == {0: "req-1", 1: "req-2", 2: "req-3"}
+
+
+def test_verdicts_carry_request_ids_into_the_error() -> None:
+    with pytest.raises(SinkError) as raised:
+        raise_for(Retry("503"), "upload", {0: "req"})
+    assert raised.value.request_ids == {0: "req"}
+    failure = partial_failure({0: Ok(), 1: Retry("busy")}, "batch", {0: "a", 1: "b"})
+    assert failure is not None and failure.request_ids == {0: "a", 1: "b"}
