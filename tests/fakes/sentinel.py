@@ -8,6 +8,16 @@ exists and has not expired (else 401), the rule's permission (403), a known rule
 stream (400), the 1 MiB limit counted uncompressed (413 ContentLengthLimitExceeded), a JSON
 array body, 204 when taken. Switches fail the next calls (429 with Retry-After, 5xx) and slow
 the answers.
+
+`rows` holds what a query would find, as Azure Monitor documents it stores rows:
+- a `TimeGenerated` more than 2 days before the call's arrival or more than 1 day after it is
+  replaced by the time of arrival ("Standard columns in Azure Monitor Logs", TimeGenerated);
+- a value over 64 KB is truncated ("Azure Monitor service limits", Logs Ingestion API: "Fields
+  longer than 64 KB are truncated"). The fake counts a KB as 1,000 bytes of UTF-8 (the stricter
+  reading) and stores an object or array over the limit as its cut JSON text, since what Azure
+  keeps of a dynamic value cut short is not documented; `truncated` lists each cut.
+A 204 is all the API says: failures after it show only in the DCR's error logs, keyed by the
+caller's `x-ms-client-request-id` (kept in `uploads`).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,8 +42,16 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_CALL_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 64_000
 API_VERSION = "2023-01-01"
 SCOPE = "https://monitor.azure.com//.default"
+# How far TimeGenerated may lie from the arrival before Azure replaces it.
+KEPT_BEFORE = timedelta(days=2)
+KEPT_AFTER = timedelta(days=1)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -71,9 +90,15 @@ class FakeAzure:
     """Whether the app holds the Monitoring Metrics Publisher role on the rule (else 403)."""
     delay_seconds: float = 0.0
     """Wait this long before answering an upload."""
+    clock: Callable[[], datetime] = _utc_now
+    """The time a call arrives (what an out-of-range TimeGenerated becomes)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    """Every row taken, in order."""
+    """Every row taken, in order, as stored (see the module)."""
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    """Every row taken, in order, as the caller sent it."""
+    truncated: list[tuple[int, str]] = field(default_factory=list)
+    """(index in `rows`, column) of each value cut to MAX_FIELD_BYTES."""
     uploads: list[Upload] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
@@ -236,9 +261,42 @@ class FakeAzure:
             return _azure_error(400, "InvalidPayload", f"The body is not valid JSON: {error}")
         if not isinstance(rows, list) or not all(isinstance(item, dict) for item in rows):
             return _azure_error(400, "InvalidPayload", "The body must be a JSON array of objects.")
+        arrival = self.clock()
         with self._lock:
-            self.rows.extend(rows)
+            for sent in rows:
+                self.sent.append(sent)
+                self.rows.append(self._stored(sent, arrival, len(self.rows)))
         return 204, None, {}
+
+    def _stored(self, sent: dict[str, Any], arrival: datetime, index: int) -> dict[str, Any]:
+        """The row as Azure keeps it: TimeGenerated within range, values within 64 KB."""
+        stored: dict[str, Any] = {}
+        for column, value in sent.items():
+            text = value if isinstance(value, str) else None
+            if isinstance(value, dict | list):
+                text = orjson.dumps(value).decode()
+            if text is not None and len(text.encode()) > MAX_FIELD_BYTES:
+                value = text.encode()[:MAX_FIELD_BYTES].decode("utf-8", "ignore")
+                self.truncated.append((index, column))
+            stored[column] = value
+        moment = _instant(stored.get("TimeGenerated"))
+        if moment is not None and not (arrival - KEPT_BEFORE <= moment <= arrival + KEPT_AFTER):
+            stored["TimeGenerated"] = _iso(arrival)
+        return stored
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _too_large(size: int) -> tuple[int, Any, dict[str, str]]:

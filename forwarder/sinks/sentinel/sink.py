@@ -5,10 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from forwarder.sinks.base import (
     Ok,
@@ -20,9 +17,9 @@ from forwarder.sinks.base import (
     settle_batch,
 )
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
-from forwarder.sinks.ids import event_key
 from forwarder.sinks.sentinel.config import API_VERSION, MAX_CALL_BYTES, SentinelSinkConfig
 from forwarder.sinks.sentinel.retry import classify
+from forwarder.sinks.sentinel.rows import row, row_key
 from forwarder.sinks.sentinel.token import TokenProvider
 
 if TYPE_CHECKING:
@@ -30,21 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forwarder.sinks.sentinel")
 
-
-def row(doc: dict[str, Any], payload: bytes) -> bytes:
-    """One row of the stream: a few columns to filter on and the whole event as `Event`."""
-    event = doc.get("event") or {}
-    timestamp = doc.get("@timestamp")
-    if not isinstance(timestamp, str):
-        timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    columns = {
-        "TimeGenerated": timestamp,
-        "EventKey": event_key(doc),
-        "EventAction": event.get("action"),
-        "Message": doc.get("message"),
-    }
-    # `payload` is already JSON in the sink's format: splice it in rather than decode it.
-    return orjson.dumps(columns)[:-1] + b',"Event":' + payload + b"}"
+REQUEST_ID_HEADER = "x-ms-client-request-id"
+"""A GUID per call; Azure files failures found after its 204 under it (DCRLogErrors)."""
 
 
 class SentinelSink:
@@ -59,7 +43,7 @@ class SentinelSink:
 
     def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
         """The JSON row of one event (the batch becomes one JSON array of rows)."""
-        return row(doc, payload)
+        return row(doc, payload, self._config.format)
 
     async def start(self) -> None:
         """Open the HTTP client (used for both the token and the ingestion endpoint)."""
@@ -85,19 +69,23 @@ class SentinelSink:
 
     async def healthcheck(self) -> None:
         """A token can be had, and the rule's stream takes an empty array."""
-        verdict = await self._upload(b"[]")
-        raise_for(verdict, f"{self.name}: ingestion endpoint")
+        verdict, request_id = await self._upload(b"[]", [])
+        raise_for(verdict, f"{self.name}: ingestion endpoint (request {request_id})")
 
     async def send_batch(self, events: Sequence[bytes]) -> None:
         """Upload the rows; return when Azure Monitor answered 204 for every one."""
         verdicts: dict[int, Verdict] = {}
-        whole = await self._send(events, list(range(len(events))), verdicts, whole=True)
+        request_ids: dict[int, str] = {}
+        whole = await self._send(
+            events, list(range(len(events))), verdicts, request_ids, whole=True
+        )
         settle_batch(
             whole,
             verdicts,
             sink=self.name,
             request=f"{self.name}: upload",
             batch=f"{self.name}: upload of {len(events)} rows",
+            request_ids=request_ids,
         )
 
     async def _send(
@@ -105,23 +93,28 @@ class SentinelSink:
         events: Sequence[bytes],
         positions: list[int],
         verdicts: dict[int, Verdict],
+        request_ids: dict[int, str],
         *,
         whole: bool,
     ) -> Verdict | None:
         """Upload the rows at `positions`, halving the call while it is over 1 MiB (before
-        sending, or on a 413); with `whole`, a failure of the call is returned instead."""
-        body = b"[" + b",".join(events[position] for position in positions) + b"]"
+        sending, or on a 413); with `whole`, a failure of the call is returned instead. Each
+        row's `request_ids` entry is the call that last carried it."""
+        rows = [events[position] for position in positions]
+        body = b"[" + b",".join(rows) + b"]"
         if len(body) > MAX_CALL_BYTES:
             verdict: Verdict = Reject(f"row of {len(body) - 2} bytes is over the 1 MiB per call")
         else:
-            verdict = await self._upload(body)
+            verdict, request_id = await self._upload(body, rows)
+            for position in positions:
+                request_ids[position] = request_id
         too_large = isinstance(verdict, Reject) and (
             len(body) > MAX_CALL_BYTES or verdict.reason.startswith("HTTP 413")
         )
         if too_large and len(positions) > 1:
             half = len(positions) // 2
             for part in (positions[:half], positions[half:]):
-                await self._send(events, part, verdicts, whole=False)
+                await self._send(events, part, verdicts, request_ids, whole=False)
             return None
         if whole:
             return None if isinstance(verdict, Ok) else verdict
@@ -129,8 +122,12 @@ class SentinelSink:
             verdicts[position] = verdict
         return None
 
-    async def _upload(self, body: bytes) -> Verdict:
-        """POST one JSON array; a 401 gets one more try with a freshly fetched token."""
+    async def _upload(self, body: bytes, rows: Sequence[bytes]) -> tuple[Verdict, str]:
+        """POST one JSON array of `rows`; a 401 gets one more try with a freshly fetched token.
+
+        Returns the verdict and the request id of the last POST. Every POST is logged with its
+        id: a 204 only says Azure took the call, and a row it fails to store later appears only
+        in the DCR's error logs (DCRLogErrors), under that id."""
         client, tokens = self._ensure_client()
         headers = {"Content-Type": "application/json"}
         content = body
@@ -139,20 +136,24 @@ class SentinelSink:
             headers["Content-Encoding"] = "gzip"
         params = {"api-version": API_VERSION}
         response = None
+        request_id = ""
         for attempt in (1, 2):
             try:
                 token = await tokens.token()
             except SinkError as error:
                 # A verdict, not an exception: halves of a split already sent stay delivered.
-                return Retry(str(error), error.retry_after, error.failure)
+                return Retry(str(error), error.retry_after, error.failure), request_id
             headers["Authorization"] = f"Bearer {token}"
-            headers["x-ms-client-request-id"] = str(uuid.uuid4())
+            request_id = str(uuid.uuid4())
+            headers[REQUEST_ID_HEADER] = request_id
             try:
                 response = await client.post(
                     self._path, content=content, headers=headers, params=params
                 )
             except Exception as error:  # httpx's transport errors and time-outs
-                return classify_exception(error)
+                self._log_call(request_id, rows, len(body), error=f"{type(error).__name__}")
+                return classify_exception(error), request_id
+            self._log_call(request_id, rows, len(body), status=response.status_code)
             if response.status_code != 401 or attempt == 2:
                 break
             # The token expired early or was revoked: fetch a new one, once.
@@ -162,9 +163,47 @@ class SentinelSink:
         if response.status_code in (401, 403, 404):
             log.error(
                 "the Logs Ingestion API refused the sink's settings; events wait",
-                extra={"sink": self.name, "status": response.status_code},
+                extra={
+                    "sink": self.name,
+                    "status": response.status_code,
+                    "request_id": request_id,
+                },
             )
-        return verdict
+        return verdict, request_id
+
+    def _log_call(
+        self,
+        request_id: str,
+        rows: Sequence[bytes],
+        size: int,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One line per call, with what it carried: the key to Azure's own error logs."""
+        extra: dict[str, Any] = {
+            "sink": self.name,
+            "request_id": request_id,
+            "rows": len(rows),
+            "bytes": size,
+        }
+        if status is not None:
+            extra["status"] = status
+        if error is not None:
+            extra["error.type"] = error
+        if rows:
+            extra["first_event_key"] = row_key(rows[0])
+            extra["last_event_key"] = row_key(rows[-1])
+        log.info("sentinel upload", extra=extra)
+        if rows and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "sentinel upload rows",
+                extra={
+                    "sink": self.name,
+                    "request_id": request_id,
+                    "event_keys": [row_key(data) for data in rows],
+                },
+            )
 
     async def close(self) -> None:
         """Close the HTTP client."""

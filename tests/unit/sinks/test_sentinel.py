@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from forwarder.config import Config
 from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
+from forwarder.pipeline.sink_app import Prepared, ship
 from forwarder.sinks import create_sink
 from forwarder.sinks.base import PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
@@ -29,6 +32,8 @@ from tests.fakes.server import AsgiServer, read_body
 from tests.helpers import normalized_sample, sample_paths
 
 FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05, max_attempts=2)
+# Half an hour after the samples were made: Azure keeps their TimeGenerated.
+SAMPLES_ARRIVE = datetime(2026, 11, 27, 14, 40, tzinfo=UTC)
 
 
 def documents(count: int) -> list[dict[str, Any]]:
@@ -58,7 +63,7 @@ def prepared(sink: SentinelSink, docs: list[dict[str, Any]], fmt: str = "ecs") -
 
 @pytest.fixture
 def azure() -> Iterator[tuple[FakeAzure, AsgiServer]]:
-    fake = FakeAzure()
+    fake = FakeAzure(clock=lambda: SAMPLES_ARRIVE)
     with AsgiServer(fake) as server:
         yield fake, server
 
@@ -79,14 +84,16 @@ async def test_rows_arrive_with_their_columns_and_one_token_serves_many_calls(
         await sink.close()
     assert fake.rows == [
         {
-            "TimeGenerated": doc["@timestamp"],
             "EventKey": event_key(doc),
+            "TimeGenerated": doc["@timestamp"],
+            "EventTime": doc["@timestamp"],
             "EventAction": doc["event"]["action"],
             "Message": doc["message"],
             "Event": orjson.loads(orjson.dumps(doc)),
         }
         for doc in docs
     ]
+    assert fake.truncated == []
     assert len(fake.token_requests) == 1
     assert fake.token_requests[0] == {
         "grant_type": "client_credentials",
@@ -111,7 +118,7 @@ async def test_ocsf_events_go_in_the_event_column(azure: tuple[FakeAzure, AsgiSe
         await sink.close()
     (row,) = fake.rows
     assert row["Event"] == orjson.loads(encoder_for("ocsf")(doc))
-    assert row["TimeGenerated"] == doc["@timestamp"]
+    assert row["TimeGenerated"] == row["EventTime"] == doc["@timestamp"]
     assert "content-encoding" not in fake.uploads[0].headers
 
 
@@ -293,29 +300,39 @@ async def test_throttling_and_server_errors_are_retried_after_what_azure_says(
     assert len(fake.rows) == 2
 
 
+def raw_row(key: str, filler: int) -> bytes:
+    """A row as a caller could send it, `filler` bytes of message: larger than `prepare` makes."""
+    return orjson.dumps(
+        {
+            "EventKey": key,
+            "TimeGenerated": "2026-11-27T14:05:12.417Z",
+            "Message": "m" * filler,
+            "Event": {},
+        }
+    )
+
+
 async def test_calls_over_one_mebibyte_are_split_and_an_oversized_row_rejected(
     azure: tuple[FakeAzure, AsgiServer],
 ) -> None:
     fake, server = azure
     sink = sink_for(fake, server.url)
-    docs = documents(4)
-    docs[0] = docs[0] | {"message": "a" * 450_000}
-    docs[1] = docs[1] | {"message": "b" * 450_000}
-    docs[2] = docs[2] | {"message": "c" * 1_100_000}
-    events = prepared(sink, docs)
+    rows = [raw_row("a", 450_000), raw_row("b", 450_000), raw_row("c", 1_100_000), raw_row("d", 10)]
     try:
         with pytest.raises(PartialFailure) as caught:
-            await sink.send_batch(events)
+            await sink.send_batch(rows)
     finally:
         await sink.close()
     assert caught.value.retry == ()
     assert list(caught.value.rejected) == [2]
     assert "1 MiB" in caught.value.rejected[2]
-    assert sorted(row["EventKey"] for row in fake.rows) == sorted(
-        event_key(docs[i]) for i in (0, 1, 3)
-    )
+    assert sorted(row["EventKey"] for row in fake.sent) == ["a", "b", "d"]
     # Every call stayed within the limit, so Azure never had to refuse one.
     assert all(upload.status == 204 for upload in fake.uploads)
+    # The row never sent has no request id; the others have the id of the call that took them.
+    assert 2 not in caught.value.request_ids
+    carried = {upload.headers["x-ms-client-request-id"] for upload in fake.uploads}
+    assert {caught.value.request_ids[i] for i in (0, 1, 3)} <= carried
 
 
 async def test_a_413_from_azure_splits_the_call(azure: tuple[FakeAzure, AsgiServer]) -> None:
@@ -392,3 +409,159 @@ def test_config_is_part_of_the_sink_union_and_checked() -> None:
     ):
         with pytest.raises(ValidationError):
             SentinelSinkConfig.model_validate(base | bad)
+
+
+# -- what Azure keeps ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "kept"),
+    [
+        (timedelta(hours=1), True),
+        (timedelta(hours=47), True),
+        (timedelta(hours=49), False),  # a backfill, a replay, an outage of more than 2 days
+        (timedelta(days=30), False),
+        (timedelta(hours=-23), True),  # up to a day ahead (a clock running fast)
+        (timedelta(hours=-25), False),
+    ],
+)
+async def test_the_event_time_survives_whatever_azure_makes_of_time_generated(
+    age: timedelta, kept: bool
+) -> None:
+    arrival = datetime(2026, 12, 3, 19, 0, tzinfo=UTC)
+    fake = FakeAzure(clock=lambda: arrival)
+    (doc,) = documents(1)
+    happened = (arrival - age).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    doc = doc | {"@timestamp": happened}
+    with AsgiServer(fake) as server:
+        sink = sink_for(fake, server.url)
+        try:
+            await sink.send_batch(prepared(sink, [doc]))
+        finally:
+            await sink.close()
+    (row,) = fake.rows
+    assert row["EventTime"] == happened  # when it happened in Aha!, always
+    assert row["TimeGenerated"] == (happened if kept else "2026-12-03T19:00:00.000Z")
+    assert row["Event"]["@timestamp"] == happened
+
+
+def huge(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with 300 KB of rich text in a change, the raw body kept, and a long message."""
+    doc = orjson.loads(orjson.dumps(doc))
+    text = "<p>" + "Partners sign in with their own IdP. " * 8_000 + "</p>"
+    doc["aha"]["audit"]["changes"] = [
+        {"field_name": "Description", "value": text, "value_text": text[3:-4]},
+        {"field_name": "Name", "value": "Single sign-on"},
+    ]
+    doc["event"]["original"] = "x" * 200_000
+    doc["message"] = "updated feature DEMO-28 " + "é" * 50_000
+    return doc
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf"])
+async def test_a_large_event_is_cut_to_fit_the_column_instead_of_by_azure(
+    azure: tuple[FakeAzure, AsgiServer], fmt: str
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url, format=fmt)
+    doc = huge(next(d for d in documents(12) if (d.get("aha") or {}).get("audit")))
+    try:
+        await sink.send_batch(prepared(sink, [doc], fmt))
+    finally:
+        await sink.close()
+    assert fake.truncated == []  # nothing left for Azure to cut anywhere
+    (row,) = fake.rows
+    assert row["EventKey"] == event_key(doc)
+    event = row["Event"]
+    assert isinstance(event, dict)  # whole JSON, readable with Event.<path> in KQL
+    assert len(orjson.dumps(event)) <= 64_000
+    assert len(row["Message"].encode()) <= 64_000
+    assert row["Message"].startswith("updated feature DEMO-28 ")
+    assert row["Message"].endswith("…[truncated]")
+    if fmt == "ecs":
+        assert "aha_siem_truncated" in event["tags"]
+        assert "original" not in event["event"]  # the raw topic keeps the body
+        description, name = event["aha"]["audit"]["changes"]
+        assert description["value"].startswith("<p>Partners sign in")
+        assert description["value"].endswith("…[truncated]")
+        assert name == {"field_name": "Name", "value": "Single sign-on"}  # short texts stay
+        assert event["event"]["id"] == doc["event"]["id"]
+    else:
+        assert "aha_siem_truncated" in event["metadata"]["labels"]
+        assert "raw_data" not in event
+
+
+async def test_every_call_is_logged_with_its_request_id(
+    azure: tuple[FakeAzure, AsgiServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, server = azure
+    sink = sink_for(fake, server.url)
+    docs = documents(3)
+    events = prepared(sink, docs)
+    fake.fail_uploads(503, "ServiceUnavailable")
+    try:
+        with caplog.at_level(logging.INFO, logger="forwarder.sinks.sentinel"):
+            with pytest.raises(SinkError) as failed:
+                await sink.send_batch(events)
+            await sink.send_batch(events)
+    finally:
+        await sink.close()
+    calls = [record for record in caplog.records if record.getMessage() == "sentinel upload"]
+    sent = [upload.headers["x-ms-client-request-id"] for upload in fake.uploads]
+    assert [call.request_id for call in calls] == sent  # type: ignore[attr-defined]
+    assert len(set(sent)) == 2  # a new id for every call
+    assert [call.status for call in calls] == [503, 204]  # type: ignore[attr-defined]
+    for call in calls:
+        assert call.rows == 3  # type: ignore[attr-defined]
+        assert call.first_event_key == event_key(docs[0])  # type: ignore[attr-defined]
+        assert call.last_event_key == event_key(docs[2])  # type: ignore[attr-defined]
+    assert failed.value.request_ids == dict.fromkeys(range(3), sent[0])
+
+
+async def test_dead_lettered_rows_carry_the_request_id_azure_logs_under() -> None:
+    fake = FakeAzure(streams=("Custom-Other",))  # the rule does not declare the stream: 400
+    config = SentinelSinkConfig.model_validate(
+        {
+            "type": "sentinel",
+            "name": "sentinel",
+            "dce_endpoint": "http://127.0.0.1:1",
+            "dcr_immutable_id": fake.dcr_immutable_id,
+            "tenant_id": fake.tenant_id,
+            "client_id": fake.client_id,
+            "client_secret": fake.client_secret,
+        }
+    )
+    dead: list[dict[str, Any]] = []
+
+    async def send_dlq(**record: Any) -> asyncio.Future[None]:
+        dead.append(record)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    with AsgiServer(fake) as server:
+        config = config.model_copy(
+            update={"dce_endpoint": server.url, "token_url": server.url + fake.token_path}
+        )
+        sink = SentinelSink(config)
+        docs = documents(2)
+        items = [
+            Prepared(
+                event_key(doc).encode(), orjson.dumps(doc), sink.prepare(doc, orjson.dumps(doc))
+            )
+            for doc in docs
+        ]
+        try:
+            delivered, rejected = await ship(
+                sink, config, items, SinkMetrics(CollectorRegistry()), send_dlq
+            )
+        finally:
+            await sink.close()
+    assert (delivered, rejected) == (0, 2)
+    (upload,) = fake.uploads
+    for record in dead:
+        headers = dict(record["headers"])
+        assert (
+            headers["destination-request-id"] == upload.headers["x-ms-client-request-id"].encode()
+        )
+        assert b"InvalidStream" in headers["error"]
