@@ -10,6 +10,9 @@ import orjson
 
 # Long enough that two revisions of one audit never collide, short enough for any id field.
 _HASH_CHARS = 16
+# Elasticsearch refuses an `_id` over 512 bytes, and with it the whole `_bulk` request; Aha!'s
+# ids are about 20 digits, so only a hostile or broken id is ever this long.
+MAX_KEY_BYTES = 128
 
 
 def event_key(doc: Mapping[str, Any]) -> str:
@@ -23,6 +26,8 @@ def event_key(doc: Mapping[str, Any]) -> str:
     digest = event.get("hash")
     ident = str(ident) if ident not in (None, "") else None
     digest = str(digest)[:_HASH_CHARS] if digest else None
+    if ident and len(ident.encode()) > MAX_KEY_BYTES:
+        ident = "sha256-" + hashlib.sha256(ident.encode()).hexdigest()
     if ident and digest:
         return f"{ident}-{digest}"
     if ident:
