@@ -15,6 +15,8 @@ HEADER_BODY_SHA256 = "body-sha256"
 HEADER_ERROR = "error"
 HEADER_REQUEST_ID = "request-id"
 HEADER_TRUNCATED_FROM = "truncated-from"
+HEADER_SCHEMA_VERSION = "schema-version"
+"""On events: the major version of the event JSON Schema (forwarder/schemas/) they follow."""
 
 MAX_KEY_BYTES = 256
 """Longer record keys (an absurd auditable type or id) are replaced by a digest of themselves."""

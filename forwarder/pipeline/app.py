@@ -219,6 +219,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
 
     def outgoing_event(doc: dict[str, Any], key: bytes | None, headers: dict[str, str]) -> Any:
         carried = [(name, headers[name].encode()) for name in _CARRIED_HEADERS if name in headers]
+        carried.append((records.HEADER_SCHEMA_VERSION, EVENT_SCHEMA_VERSION))
         metrics.events_out.labels("audit" if doc["aha"]["event"] == "audit" else "other").inc()
         return (key, orjson.dumps(doc), carried)
 
@@ -487,6 +488,8 @@ HELD = "h"  # in a record's dedupe state: its open window's group (see window.py
 TICK_FLUSH = b"flush"  # ship the group if its window has passed
 TICK_FLUSH_NOW = b"flush-now"  # ship the group now: the worker is stopping
 TICK_EXPIRE = b"expire"
+# Major version of forwarder/schemas/aha-audit-event.v<N>.json that the events follow.
+EVENT_SCHEMA_VERSION = b"2"
 _TICK_KEYS = 1000  # keys named by one partition tick
 
 

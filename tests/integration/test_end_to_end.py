@@ -78,6 +78,9 @@ async def test_every_sample_reaches_kafka_and_the_file_sink_as_ecs(
         assert doc["organization"] == {"id": "acme-prod", "name": "acme"}, name
         assert doc["aha"]["ingest"]["source"] == "webhook", name
         assert record.headers["received-at"] == doc["aha"]["ingest"]["received_at"], name
+        # Consumers tell the event contract's version by a header, and its schema is published.
+        version = record.headers["schema-version"]
+        assert (SCHEMAS / f"aha-audit-event.v{version}.json").is_file(), name
         shipped[doc["event"]["hash"]] = doc
     assert set(shipped) == set(by_hash)
 
@@ -119,6 +122,9 @@ async def test_rejected_webhooks_get_json_errors_and_invalid_bodies_are_kept(
     # The token reaches no log line.
     for path in stack.logs.values():
         assert stack.token not in path.read_text()
+
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "forwarder" / "schemas"
 
 
 def documented_metrics() -> dict[str, str]:
