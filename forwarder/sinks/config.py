@@ -20,7 +20,8 @@ class SinkModel(BaseModel):
 
 
 class RouteConfig(SinkModel):
-    """Which events a sink takes; an empty list or null means "any"."""
+    """Which events a sink takes; an empty list or null means "any". An event must pass every
+    key that is set."""
 
     record_types: tuple[str, ...] = ()
     """Aha! record types (`aha.audit.auditable.type`), e.g. feature, idea, user."""
@@ -30,6 +31,27 @@ class RouteConfig(SinkModel):
     """true: only audits Aha! marks interesting; false: only the others; null: both."""
     accounts: tuple[str, ...] = ()
     """Aha! accounts (`organization.id`, from the ingest token's account)."""
+    fields: tuple[str, ...] = ()
+    """Aha! field names as audits name them (`aha.audit.changes[].field_name`, e.g. Workflow
+    status): events with a change to any of them; case and outer spaces do not matter."""
+    users: tuple[str, ...] = ()
+    """User e-mails or ids: events whose author (`user`) or any contributor
+    (`aha.audit.contributors`, `related.user`) is one of them; case does not matter."""
+
+    @field_validator("fields", "users", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        # An id written without quotes in YAML is a number, one name alone a string.
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list | tuple):
+            value = [
+                str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+                for item in value
+            ]
+            if any(isinstance(item, str) and not item.strip() for item in value):
+                raise ValueError("names must not be empty")
+        return value
 
     def matches(self, doc: Mapping[str, Any]) -> bool:
         """Whether the normalized event `doc` goes to this sink."""
@@ -47,7 +69,53 @@ class RouteConfig(SinkModel):
             organization = doc.get("organization") or {}
             if organization.get("id") not in self.accounts:
                 return False
-        return True
+        if self.fields and {_folded(name) for name in self.fields}.isdisjoint(
+            _changed_fields(audit)
+        ):
+            return False
+        return not (
+            self.users
+            and {_folded(name) for name in self.users}.isdisjoint(_event_users(doc, audit))
+        )
+
+
+def _folded(name: str) -> str:
+    return name.strip().casefold()
+
+
+def _changed_fields(audit: Mapping[str, Any]) -> set[str]:
+    """The field names of an audit's changes, folded."""
+    changes = audit.get("changes")
+    if not isinstance(changes, list):
+        return set()
+    return {
+        _folded(change["field_name"])
+        for change in changes
+        if isinstance(change, Mapping) and isinstance(change.get("field_name"), str)
+    }
+
+
+def _event_users(doc: Mapping[str, Any], audit: Mapping[str, Any]) -> set[str]:
+    """The ids and e-mails of an event's author and contributors, folded."""
+    found: set[str] = set()
+    records: list[Any] = [doc.get("user")]
+    contributors = audit.get("contributors")
+    if isinstance(contributors, list):
+        # Flat user records, or the REST API's `{"user": {...}}` should one arrive unflattened.
+        records += [
+            item.get("user") if isinstance(item, Mapping) and "user" in item else item
+            for item in contributors
+        ]
+    for record in records:
+        if isinstance(record, Mapping):
+            for key in ("id", "email"):
+                value = record.get(key)
+                if isinstance(value, str | int) and not isinstance(value, bool):
+                    found.add(_folded(str(value)))
+    related = (doc.get("related") or {}).get("user")
+    if isinstance(related, list):
+        found.update(_folded(value) for value in related if isinstance(value, str))
+    return found
 
 
 class RetryConfig(SinkModel):
@@ -84,7 +152,7 @@ class SinkConfigBase(SinkModel):
     batch_max_seconds: float = Field(default=1.0, gt=0)
     """Longest time an event waits for its batch to fill."""
     route: RouteConfig = RouteConfig()
-    """Which events this sink takes (record type, action, interesting, account)."""
+    """Which events this sink takes (record type, action, interesting, account, field, user)."""
     retry: RetryConfig = RetryConfig()
     """Back-off and attempt limit for retriable failures."""
 
