@@ -19,11 +19,11 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from forwarder.ingest.spool import Spool, SpoolRecord
+from tests.helpers import SAMPLES
 from tests.integration.conftest import wait_http_ok
 from tests.integration.kafka_io import read_topic
 from tests.integration.test_ingest_server import TOKEN, ingest_config, ingest_process
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "aha" / "samples"
 TOPIC_LIMIT = 200_000
 
 

@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from forwarder import records
 from forwarder.pipeline.normalize import normalize_raw
 from forwarder.pipeline.oversize import TRUNCATED_TAG, fit_event
-from tests.helpers import sample_provenance
-
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "aha" / "samples"
+from tests.helpers import SAMPLES, sample_provenance
 
 
 def huge_event(include_original: bool) -> bytes:
