@@ -112,4 +112,7 @@ async def test_a_killed_backfill_resumes_and_sends_each_audit_once(
         assert record.headers["source"] == "backfill"
         assert record.headers["token-id"] == "acme-prod"
         assert record.key == records.record_key(body, record.headers["body-sha256"])
+        # The webhook's audit, plus the contributors the API lists on every audit (the author).
+        listed = body["audit"].pop("contributors")
         assert body["audit"] in audits
+        assert listed == [body["audit"]["user"]]
