@@ -320,6 +320,10 @@ def test_config_section_validates_and_reads_the_key_from_the_environment() -> No
         parse({"aha": {"accounts": [{"name": "a"}, {"name": "a"}]}})
     with pytest.raises(ValueError, match="settle_seconds"):
         ReconcileConfig(window_seconds=60, settle_seconds=600)
+    # Aha! holds a webhook 5 minutes, a text edit until 5 minutes after the last one: the settled
+    # window leaves six times that by default.
+    assert ReconcileConfig().settle_seconds == 1800
+    assert account.rate_limit.requests_per_second * 60 < 300  # Aha!'s reported limit per IP
 
 
 def test_token_id_follows_the_ingest_token_of_the_account() -> None:
