@@ -70,7 +70,8 @@ class SentinelSink:
     async def healthcheck(self) -> None:
         """A token can be had, and the rule's stream takes an empty array."""
         verdict, request_id = await self._upload(b"[]", [])
-        raise_for(verdict, f"{self.name}: ingestion endpoint (request {request_id})")
+        where = f" (request {request_id})" if request_id else ""
+        raise_for(verdict, f"{self.name}: ingestion endpoint{where}")
 
     async def send_batch(self, events: Sequence[bytes]) -> None:
         """Upload the rows; return when Azure Monitor answered 204 for every one."""
