@@ -58,6 +58,7 @@ ONLY_ON_FAILURE = frozenset(
         "aha_siem_ingest_invalid_dropped_total",
         "aha_siem_sink_dead_lettered_total",
         "aha_siem_sink_retries_total",
+        "aha_siem_hec_ack_fallbacks_total",
     }
 )
 
