@@ -81,19 +81,29 @@ def bench_ingest(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Pat
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
             servers[kind] = (f"http://127.0.0.1:{port}/v1/aha/{token}", proc)
             _wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
-        results: dict[str, list[dict[str, Any]]] = {"noop": [], "ingest": []}
+        loads = [("64", args.connections), ("8", args.latency_connections)]
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {
+            (kind, name): [] for name, _ in loads for kind in ("noop", "ingest")
+        }
         for url, _ in servers.values():
             load.run(url, args.warmup, args.connections, script)
         for round_no in range(args.rounds):
             order = ["noop", "ingest"] if round_no % 2 == 0 else ["ingest", "noop"]
-            for kind in order:
-                result = load.run(servers[kind][0], args.duration, args.connections, script)
-                _log(
-                    f"ingest round {round_no + 1} {kind}: {result['rps']:.0f} req/s, "
-                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
-                    f"{result['errors']} errors"
-                )
-                results[kind].append(result)
+            for name, connections in loads:
+                for kind in order:
+                    url, proc = servers[kind]
+                    cpu_before = _cpu_seconds(proc.pid)
+                    result = load.run(url, args.duration, connections, script)
+                    accepted = result["requests"] - result["errors"]
+                    cpu = _cpu_seconds(proc.pid) - cpu_before
+                    result["cpu_us"] = cpu / accepted * 1e6 if accepted else float("nan")
+                    _log(
+                        f"ingest round {round_no + 1} {kind} at {connections} connections: "
+                        f"{result['rps']:.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+                        f"p99 {result['p99_ms']:.2f} ms, {result['cpu_us']:.0f} us CPU/request, "
+                        f"{result['errors']} errors"
+                    )
+                    results[(kind, name)].append(result)
     finally:
         for _, proc in servers.values():
             proc.terminate()
@@ -103,26 +113,39 @@ def bench_ingest(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Pat
             except subprocess.TimeoutExpired:
                 proc.kill()
     stored = asyncio.run(worker.count(bootstrap, topics["raw"]))
-    accepted = sum(r["requests"] - r["errors"] for r in results["ingest"])
+    accepted = sum(
+        r["requests"] - r["errors"]
+        for (kind, _), runs in results.items()
+        if kind == "ingest"
+        for r in runs
+    )
     _log(
         f"ingest raw topic holds {stored} records; the generator counted {accepted} accepted "
         "in measured rounds (warm-up and requests in flight at a round's end come on top)"
     )
     names = {"noop": "no-op ASGI app", "ingest": "ingest app -> Kafka"}
+    counts = {"64": args.connections, "8": args.latency_connections}
     return [
         {
             "section": "ingest",
-            "variant": names[kind],
-            "metric": "req/s",
+            "variant": f"{names[kind]}, {counts[name]} connections",
+            "metric": f"req/s at {counts[name]} conn.",
             "median": median([r["rps"] for r in runs]),
             "p50_ms": median([r["p50_ms"] for r in runs]),
             "p99_ms": median([r["p99_ms"] for r in runs]),
+            "cpu_us": median([r["cpu_us"] for r in runs]),
             "errors": sum(r["errors"] for r in runs),
             "rounds": [r["rps"] for r in runs],
             "baseline": kind == "noop",
         }
-        for kind, runs in results.items()
+        for (kind, name), runs in results.items()
     ]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_worker(args: argparse.Namespace, bootstrap: str, prefix: str, tmp: Path) -> list[Row]:
@@ -182,6 +205,8 @@ def table(rows: list[Row]) -> str:
     lines = [head]
     for r in rows:
         lat = f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}" if "p50_ms" in r else ""
+        if "cpu_us" in r:
+            lat += f", {r['cpu_us']:.0f} us CPU/req"
         if r.get("errors"):
             lat += f" {r['errors']} errors"
         if "start-up" in r["metric"] and r["rounds"]:
@@ -225,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="ingest rounds per server")
     parser.add_argument("--warmup", type=float, default=2.0, help="ingest warm-up seconds")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--latency-connections", type=int, default=8, help="connections of the latency rounds"
+    )
     parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--events", type=int, default=20_000, help="raw records per worker run")
     parser.add_argument("--worker-rounds", type=int, default=1)
@@ -308,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.only in (None, "ingest"):
         info.append(
-            f"ingest: {args.generator}, {args.connections} connections, "
-            f"median of {args.rounds} rounds x {args.duration:g} s; ratio to the no-op app"
+            f"ingest: {args.generator}, {args.connections} and {args.latency_connections} "
+            f"connections, median of {args.rounds} rounds x {args.duration:g} s; ratio to the "
+            "no-op app at as many connections; CPU of the server process per answered request"
         )
     if args.only in (None, "worker"):
         info.append(
