@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
 
 log = logging.getLogger("forwarder.kafka")
@@ -29,3 +29,14 @@ async def abandon_producer(producer: AIOKafkaProducer) -> None:
     if sender is not None:
         await sender.close()
     await producer.client.close()
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Fetch the cluster's metadata into the consumer's own view of it, now.
+
+    `AIOKafkaConsumer.partitions_for_topic` answers from the client's cached metadata, which
+    `topics()` does not update (it returns a fresh copy and drops it) and which aiokafka
+    refreshes only every `metadata_max_age_ms` (5 minutes): a topic created a moment ago stays
+    unknown that long.
+    """
+    await consumer._client.force_metadata_update()

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from forwarder.aiokafka_compat import refresh_metadata
 from forwarder.config import Config
 from forwarder.pipeline.dedupe import content_hash
 from forwarder.pipeline.users import canonical_audit
@@ -118,5 +119,5 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) ->
             return set(partitions)
         if time.monotonic() > deadline:
             return set()
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         await asyncio.sleep(0.2)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import ProducerClosed
 
 from forwarder.aiokafka_compat import abandon_producer
@@ -32,3 +34,12 @@ def _partition():  # type: ignore[no-untyped-def]
     from aiokafka.structs import TopicPartition
 
     return TopicPartition("t", 0)
+
+
+async def test_the_private_names_used_to_refresh_a_consumers_metadata_exist() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    assert isinstance(consumer._client, AIOKafkaClient)
+    assert list(inspect.signature(AIOKafkaClient.force_metadata_update).parameters) == ["self"]
+    # The public reader refresh_metadata feeds: it answers from the client's cached cluster.
+    assert "self._client.cluster" in inspect.getsource(AIOKafkaConsumer.partitions_for_topic)
+    await consumer.stop()
