@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,15 +24,9 @@ from forwarder import records
 from forwarder.config import Config, ConfigError
 from forwarder.kafka_client import admin_client
 from forwarder.metrics import SinkMetrics
-from forwarder.pipeline.sink_app import (
-    Batcher,
-    Prepared,
-    Preparer,
-    dead_letter,
-    dlq_topic_name,
-    ship,
-)
+from forwarder.pipeline.sink_app import dlq_topic_name
 from forwarder.sinks import SinkError, create_sink
+from forwarder.sinks.loop import Preparer, SinkLoop
 
 log = logging.getLogger("forwarder.replay")
 
@@ -118,64 +113,49 @@ async def replay(
             except SinkError as error:
                 print(f"aha-siem replay: sink {sink_name} is not ready: {error}", file=sys.stderr)
                 return 1
-        prepare = Preparer(sink, sink_config, config)
-        metrics = SinkMetrics(CollectorRegistry())
-        batch = Batcher(sink_config.batch_max_events, sink_config.batch_max_bytes, float("inf"))
         offsets: dict[TopicPartition, int] = {}
 
         async def send_dlq(**message: Any) -> Any:
             assert producer is not None
             return await producer.send(topic, **message)
 
-        async def flush() -> None:
-            items, _ = batch.take()
-            if dry_run or not items:
-                return
-            delivered, rejected = await ship(sink, sink_config, items, metrics, send_dlq)
-            summary.delivered += delivered
-            summary.dead_lettered += rejected
-            await consumer.commit({tp: offset + 1 for tp, offset in offsets.items()})
+        async def handled(position: tuple[TopicPartition, int]) -> None:
+            tp, offset = position
+            offsets[tp] = offset
 
-        while remaining and (limit is None or summary.read < limit):
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=500)
-            for tp, messages in fetched.items():
-                for message in messages:
-                    if tp not in remaining or (limit is not None and summary.read >= limit):
-                        break
-                    if message.offset >= remaining[tp]:
-                        del remaining[tp]
-                        break
-                    summary.read += 1
-                    item = _prepared(message)
-                    summary.errors[item.headers.get(records.HEADER_ERROR, "?")[:120]] += 1
-                    # A partition's offset moves on only once its message is handled; flush()
-                    # commits after delivering the batch, so everything up to it is done.
-                    try:
-                        payload = prepare(item.value)
-                    except ValueError as error:
-                        if not dry_run:
-                            await dead_letter(send_dlq, item, str(error), 0, records.utc_now_iso())
-                        summary.dead_lettered += 1
-                        payload = None
-                    else:
-                        if payload is None:
-                            summary.filtered += 1
-                    if payload is not None:
-                        item.payload = payload
-                        if not batch.fits(item):
-                            await flush()
-                        batch.add(item, None)  # type: ignore[arg-type]  # no Faust event to ack
-                    offsets[tp] = message.offset
-                    if batch.full():
-                        await flush()
-                    if message.offset + 1 >= remaining.get(tp, 0):
-                        remaining.pop(tp, None)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= remaining[tp]:
-                    del remaining[tp]
-        await flush()
-        if not dry_run and offsets:
-            await consumer.commit({tp: offset + 1 for tp, offset in offsets.items()})
+        async def commit() -> None:
+            # Everything up to each partition's last handled offset is delivered or
+            # dead-lettered again: a second replay goes on from there.
+            if not dry_run and offsets:
+                await consumer.commit({tp: offset + 1 for tp, offset in offsets.items()})
+
+        # The sink app's own loop, with no time limit on a batch: the DLQ is read as fast as it
+        # comes, and what is left is sent at the end.
+        delivery: SinkLoop[tuple[TopicPartition, int]] = SinkLoop(
+            sink,
+            sink_config,
+            config,
+            SinkMetrics(CollectorRegistry()),
+            send_dlq,
+            handled,
+            max_seconds=float("inf"),
+            after_batch=commit,
+        )
+        offer = _dry_run(Preparer(sink, sink_config, config), summary) if dry_run else None
+        async for message in _read(consumer, remaining, limit):
+            summary.read += 1
+            headers = records.decode_headers(message.headers)
+            summary.errors[headers.get(records.HEADER_ERROR, "?")[:120]] += 1
+            position = (TopicPartition(message.topic, message.partition), message.offset)
+            if offer is not None:
+                offer(message.value or b"")
+            else:
+                await delivery.offer(message.key, message.value or b"", headers, position)
+        await delivery.flush()
+        await commit()
+        summary.delivered += delivery.delivered
+        summary.dead_lettered += delivery.dead_lettered
+        summary.filtered += delivery.filtered
     finally:
         await consumer.stop()
         if producer is not None:
@@ -219,6 +199,37 @@ async def _seek(
             consumer.seek(tp, at.offset)
 
 
-def _prepared(message: ConsumerRecord[Any, Any]) -> Prepared:
-    headers = records.decode_headers(message.headers)
-    return Prepared(message.key, message.value or b"", b"", headers)
+def _dry_run(prepare: Preparer, summary: Summary) -> Callable[[bytes], None]:
+    """Count what a replay would do with an event, sending nothing."""
+
+    def offer(value: bytes) -> None:
+        try:
+            if prepare(value) is None:
+                summary.filtered += 1
+        except ValueError:
+            summary.dead_lettered += 1
+
+    return offer
+
+
+async def _read(
+    consumer: AIOKafkaConsumer, remaining: dict[TopicPartition, int], limit: int | None
+) -> AsyncIterator[ConsumerRecord[Any, Any]]:
+    """The records of `remaining`'s partitions below their end offsets, at most `limit`."""
+    read = 0
+    while remaining and (limit is None or read < limit):
+        fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=500)
+        for tp, messages in fetched.items():
+            for message in messages:
+                if tp not in remaining or (limit is not None and read >= limit):
+                    break
+                if message.offset >= remaining[tp]:
+                    del remaining[tp]
+                    break
+                read += 1
+                yield message
+                if message.offset + 1 >= remaining.get(tp, 0):
+                    remaining.pop(tp, None)
+        for tp in list(remaining):
+            if await consumer.position(tp) >= remaining[tp]:
+                del remaining[tp]

@@ -19,13 +19,13 @@ from forwarder.config import Config
 from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
-from forwarder.pipeline.sink_app import Prepared, ship
 from forwarder.sinks import create_sink
 from forwarder.sinks.base import UNRECOGNIZED_ANSWER, PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
 from forwarder.sinks.elasticsearch.sink import ElasticsearchSink
 from forwarder.sinks.ids import event_key
+from forwarder.sinks.loop import Item, ship
 from tests.fakes.elasticsearch import BulkAnswer, FakeElasticsearch
 from tests.fakes.server import AsgiServer
 from tests.helpers import normalized_sample, sample_paths
@@ -315,7 +315,7 @@ async def test_a_sink_process_dead_letters_unrecognized_answers_with_their_reaso
     sink = ElasticsearchSink(config)
     docs = documents(2)
     items = [
-        Prepared(key=event_key(doc).encode(), value=orjson.dumps(doc), payload=event)
+        Item(key=event_key(doc).encode(), value=orjson.dumps(doc), payload=event)
         for doc, event in zip(docs, prepared(sink, docs), strict=True)
     ]
     dead: list[dict[str, Any]] = []

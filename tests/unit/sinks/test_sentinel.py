@@ -20,11 +20,11 @@ from forwarder.config import Config
 from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
-from forwarder.pipeline.sink_app import Prepared, ship
 from forwarder.sinks import create_sink
 from forwarder.sinks.base import PartialFailure, SinkError, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.ids import event_key
+from forwarder.sinks.loop import Item, ship
 from forwarder.sinks.sentinel.config import SentinelSinkConfig
 from forwarder.sinks.sentinel.sink import SentinelSink
 from tests.fakes.sentinel import FakeAzure
@@ -546,9 +546,7 @@ async def test_dead_lettered_rows_carry_the_request_id_azure_logs_under() -> Non
         sink = SentinelSink(config)
         docs = documents(2)
         items = [
-            Prepared(
-                event_key(doc).encode(), orjson.dumps(doc), sink.prepare(doc, orjson.dumps(doc))
-            )
+            Item(event_key(doc).encode(), orjson.dumps(doc), sink.prepare(doc, orjson.dumps(doc)))
             for doc in docs
         ]
         try:
