@@ -13,7 +13,6 @@ from typing import Any
 
 import faust
 import orjson
-from faust.streams import _current_event
 from faust.types import EventT
 from mode.utils.times import want_seconds
 from prometheus_client import CollectorRegistry
@@ -21,10 +20,10 @@ from prometheus_client import CollectorRegistry
 from forwarder import records
 from forwarder.config import Config
 from forwarder.failures import Failure, classify_kafka
+from forwarder.faust_compat import AgentErrorApp, HoleWatch, refuse_stale_acks, use_partition_of
 from forwarder.kafka_client import broker_urls, ticks_topic_name
 from forwarder.metrics import WorkerMetrics
 from forwarder.pipeline import dedupe, window
-from forwarder.pipeline.faust_fixes import HoleWatch, refuse_stale_acks
 from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
 from forwarder.pipeline.oversize import fit_event
 from forwarder.pipeline.sensors import FaustSensor
@@ -47,26 +46,12 @@ _CARRIED_HEADERS = (
 )
 
 
-class _App(faust.App):
-    """Faust's app, also telling its sensor when an agent crashed.
-
-    Faust passes its own error callback to every agent (the consumer's `on_task_error`), so
-    an agent's `on_error` cannot be set: the app's callback is extended instead.
-    """
-
-    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        monitor = self.monitor
-        if isinstance(monitor, FaustSensor):
-            await monitor.on_agent_error(agent, exc)
-        await super()._on_agent_error(agent, exc)
-
-
 def new_faust_app(
     config: Config, app_id: str, *, role: str, store: str, datadir: Path
 ) -> faust.App:
     """A Faust app (and consumer group `app_id`) with the settings every app here shares."""
     refuse_stale_acks()
-    app = _App(
+    app = AgentErrorApp(
         app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
         broker_client_id=f"{config.kafka.client_id}-{role}",
@@ -321,7 +306,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             for event in batch:
                 key = event.message.key
                 value = event.message.value or b""
-                _use_partition_of(event)
+                use_partition_of(event)
                 if key:
                     source_event[key] = event
                 if ticks_topic is not None and event.message.topic != config.topics.raw:
@@ -363,14 +348,14 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
                 outgoing.append(outgoing_event(doc, key, headers))
             await _send_all(events_topic, outgoing, config.kafka.max_request_bytes, metrics)
             for key, state in pending.items():
-                _use_partition_of(source_event[key])
+                use_partition_of(source_event[key])
                 assert table is not None
                 if state is not None:
                     table[key] = dedupe.encode_state(state)
                 elif key in table:
                     del table[key]
             for key, group in pending_held.items():
-                _use_partition_of(source_event[key])
+                use_partition_of(source_event[key])
                 assert held is not None
                 if group is not None:
                     held[key] = orjson.dumps(group)
@@ -504,18 +489,6 @@ def _partition_tick(value: bytes) -> tuple[list[bytes], bytes]:
     except (orjson.JSONDecodeError, AttributeError):
         return [], TICK_FLUSH
     return [str(key).encode("latin-1") for key in named], TICK_FLUSH_NOW if now else TICK_FLUSH
-
-
-def _use_partition_of(event: EventT) -> None:
-    """Make `event` the one Faust's table reads and writes use to pick their partition.
-
-    Tables find a key's partition (RocksDB instance and changelog partition) through the
-    current-event context variable; inside a `take_events` batch it names the batch's last
-    event. Only the context variable is set, in this task's own context: the stream's
-    `current_event` attribute belongs to the task that fills the batch, and changing it would
-    put the wrong event into the batch.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 async def _send_all(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +14,20 @@ from prometheus_client import CollectorRegistry
 from forwarder import logs
 from forwarder.config import Config, ConfigError
 from forwarder.kafka_client import ensure_topics
+from forwarder.mode_compat import StepBeforeStop
 
 log = logging.getLogger("forwarder.worker")
 
 
-class _Worker(faust.Worker):
-    """Faust's worker, running the app's `before_stop` step when a signal asks it to stop.
-
-    The step runs while the agents still consume (window mode ships its held groups through
-    them); Faust's own stop, which stops the consumer first, follows.
-    """
+class _Worker(StepBeforeStop, faust.Worker):
+    """Faust's worker, running the app's `before_stop` step when a signal asks it to stop."""
 
     def __init__(self, app: faust.App, *, grace_seconds: float, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._grace_seconds = grace_seconds
-        self._faust_app = app
-
-    async def _stop_on_signal(self, signal: signal.Signals) -> None:
         from forwarder.pipeline.app import before_stop
 
-        step = before_stop.get(self._faust_app)
-        if step is not None and self._grace_seconds > 0:
-            try:
-                await step(self._grace_seconds)
-            except Exception:
-                log.exception("the step before stopping failed; stopping anyway")
-        await super()._stop_on_signal(signal)
+        super().__init__(app, **kwargs)
+        self.grace_seconds = grace_seconds
+        self.before_stop_step = before_stop.get(app)
 
 
 def _run_faust(app: faust.App, config: Config) -> None:

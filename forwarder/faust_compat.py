@@ -1,8 +1,12 @@
-"""Fixes to faust-streaming's consumer that at-least-once delivery depends on.
+"""Every use of a private name of faust-streaming, each with the upstream behaviour it corrects.
 
-Faust commits, per partition, the end of the first run of consecutive acked offsets. Four of
-its behaviours let it commit past a message nobody processed (seen as lost records in the
-rebalance and SIGKILL tests, docs/decisions/0007-stale-generation-acks.md):
+tests/unit/test_faust_compat.py fails when faust changes under these names (they are checked
+against faust-streaming 0.15.x). mode's private names live in forwarder/mode_compat.py.
+
+Consumer fixes that at-least-once delivery depends on. Faust commits, per partition, the end of
+the first run of consecutive acked offsets. Four of its behaviours let it commit past a message
+nobody processed (seen as lost records in the rebalance and SIGKILL tests,
+docs/decisions/0007-stale-generation-acks.md):
 
 1. After a rebalance a stream skips the messages it fetched in the previous consumer group
    generation and *acks* them, so that lag does not grow.
@@ -26,9 +30,13 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any
 
+import faust
+from faust.streams import _current_event
 from faust.transport.consumer import Consumer
+from faust.types import EventT
 
 log = logging.getLogger("forwarder.faust")
 
@@ -140,3 +148,31 @@ class HoleWatch:
             if tp not in assigned:
                 del self._since[tp]
         return reread
+
+
+class AgentErrorApp(faust.App):
+    """Faust's app, also telling its monitor when an agent crashed.
+
+    Faust passes its own private error callback (`App._on_agent_error`, which commits through
+    the consumer's `on_task_error`) to every agent, so an agent's `on_error` cannot be set: the
+    app's callback is extended instead, calling the monitor's `on_agent_error` when it has one.
+    """
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        hook = getattr(self.monitor, "on_agent_error", None)
+        if hook is not None:
+            await hook(agent, exc)
+        await super()._on_agent_error(agent, exc)
+
+
+def use_partition_of(event: EventT) -> None:
+    """Make `event` the one Faust's table reads and writes use to pick their partition.
+
+    Tables find a key's partition (RocksDB instance and changelog partition) through the private
+    current-event context variable `faust.streams._current_event`; inside a `take_events` batch
+    it names the batch's last event, so a batch of several keys would write every key into the
+    last event's partition. Only the context variable is set, in this task's own context: the
+    stream's `current_event` attribute belongs to the task that fills the batch, and changing it
+    would put the wrong event into the batch.
+    """
+    _current_event.set(weakref.ref(event))

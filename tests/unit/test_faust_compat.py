@@ -1,12 +1,18 @@
-"""The consumer refuses acks of messages fetched in an earlier consumer group generation."""
+"""Fails when faust changes under the private names forwarder/faust_compat.py relies on; and what its consumer fixes do."""
 
 from __future__ import annotations
 
+import contextvars
+import inspect
+import weakref
+
 import faust
+import faust.streams
+from faust.transport.consumer import Consumer
 from faust.types import TP
 from faust.types.tuples import Message
 
-from forwarder.pipeline.faust_fixes import HoleWatch, refuse_stale_acks
+from forwarder.faust_compat import AgentErrorApp, HoleWatch, refuse_stale_acks, use_partition_of
 
 TOPIC = "aha.audit.raw"
 
@@ -131,3 +137,54 @@ async def test_a_partition_never_committed_is_checked_from_its_earliest_offset()
     await faust.transport.consumer.Consumer.perform_seek(consumer)  # type: ignore[arg-type]
     assert consumer._committed_offset[consumer.tp] == 40
     assert consumer._committed_offset[consumer.changelog] is None  # no acks on changelogs
+
+
+def _parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_the_private_consumer_names_patched_keep_their_signatures() -> None:
+    # The originals are kept by the patches and called with these arguments.
+    assert _parameters(Consumer.ack) == ["self", "message"]
+    assert _parameters(Consumer._new_offset) == ["self", "tp"]
+    assert _parameters(Consumer._add_gap) == ["self", "tp", "offset_from", "offset_to"]
+    assert _parameters(Consumer.perform_seek) == ["self"]
+    app = faust.App("faust-compat-names", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer = app.consumer
+    assert hasattr(consumer, "_acked")
+    assert hasattr(consumer, "_committed_offset")
+    assert hasattr(consumer, "_gap")
+    assert hasattr(app.topics, "acks_enabled_for")
+
+
+def test_the_agent_error_callback_is_the_app_s_private_method() -> None:
+    assert _parameters(faust.App._on_agent_error) == ["self", "agent", "exc"]
+    assert AgentErrorApp._on_agent_error is not faust.App._on_agent_error
+
+
+async def test_a_crashed_agent_is_reported_to_the_monitor() -> None:
+    app = AgentErrorApp("faust-compat-agent-error", broker="kafka://127.0.0.1:1", web_enabled=False)
+    seen: list[BaseException] = []
+
+    class Monitor(faust.Sensor):
+        async def on_agent_error(self, agent: object, exc: BaseException) -> None:
+            seen.append(exc)
+
+    app.monitor = Monitor()  # type: ignore[assignment]
+    error = RuntimeError("boom")
+    await app._on_agent_error(object(), error)
+    assert seen == [error]
+
+
+def test_tables_pick_their_partition_from_the_private_current_event_variable() -> None:
+    assert isinstance(faust.streams._current_event, contextvars.ContextVar)
+
+    class Event:
+        pass
+
+    event = Event()
+    use_partition_of(event)  # type: ignore[arg-type]
+    ref = faust.streams._current_event.get(None)
+    assert isinstance(ref, weakref.ref) and ref() is event
+    # What Faust's tables call to find the current event reads that same variable.
+    assert faust.streams.current_event() is event
