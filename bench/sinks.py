@@ -5,6 +5,9 @@ headers the normalize agent writes. Every run then reads all of it in a fresh co
 
 - the baseline is an aiokafka consumer in the bench process that commits each batch and does
   nothing else (the rate at which a consumer group can read and commit this topic);
+- a bare Faust agent (`bench/faust_agent.py`, the sink apps' Faust settings) that consumes and
+  acks, in a process of its own: the ceiling of a Faust-based sink, which every sink row is also
+  compared with;
 - every sink runs as `python -m forwarder sink NAME --config <tmp yaml>`, the process an operator
   runs, against its receiver: a fake served in the bench process (`tests/fakes`), a file, a real
   rsyslogd, or another topic on the same broker.
@@ -40,6 +43,8 @@ from tests.fakes.splunk_hec import FakeHec
 from tests.receivers.rsyslog import Rsyslog, rsyslogd_path
 
 BASELINE = "aiokafka consumer, commit per batch (raw read)"
+BARE_FAUST = "bare Faust agent: consume and ack"
+"""The ceiling of a Faust-based sink: every sink row says its ratio to this one too."""
 SINKS: dict[str, str] = {
     "file": "file sink (ecs NDJSON, fsync) -> local file",
     "http": "http sink (ecs NDJSON) -> fake receiver",
@@ -131,7 +136,17 @@ def _served(app: Any) -> Iterator[str]:
 @contextlib.asynccontextmanager
 async def receiver(kind: str, tmp: Path, bootstrap: str, out_topic: str) -> AsyncIterator[Receiver]:
     """Start the receiver of a sink type, fresh and empty."""
-    if kind == "file":
+    if kind == "faust":
+        counted = tmp / "count"
+
+        async def count_seen() -> int:
+            try:
+                return int(counted.read_bytes() or b"0")
+            except FileNotFoundError:
+                return 0
+
+        yield Receiver({"type": "file", "path": str(tmp / "unused.ndjson")}, count_seen)
+    elif kind == "file":
         path = tmp / "events.ndjson"
         entry = {"type": "file", "format": "ecs", "path": str(path), "fsync": True}
         yield Receiver(entry, _LineCounter(path))
@@ -293,6 +308,8 @@ async def run_sink(
         env = {k: v for k, v in env.items() if not k.startswith("AHA_SIEM_")}
         log = work / "sink.log"
         cmd = [sys.executable, "-m", "forwarder", "sink", "bench", "--config", str(config)]
+        if kind == "faust":
+            cmd = [sys.executable, "-m", "bench.faust_agent", str(config), str(work / "count")]
         started = time.time()
         proc = _spawn(cmd, log, env)
         try:
@@ -360,7 +377,7 @@ def bench_sinks(
     """The baseline and every sink in `kinds` over the same N events, round by round."""
     topic = f"{prefix}.sinks.events"
     asyncio.run(fill(bootstrap, [topic], events(n)))
-    names = ["baseline", *kinds]
+    names = ["baseline", "faust", *kinds]
     skipped = {kind: reason for kind in kinds if (reason := skip_reason(kind))}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for round_no in range(rounds):
@@ -388,21 +405,25 @@ def bench_sinks(
             )
             runs[name].append(result)
     out: list[Row] = []
+    ceiling = median([r["events_per_s"] for r in runs["faust"]]) if runs["faust"] else None
     for name, results in runs.items():
         for metric, key in (
             ("ev/s", "events_per_s"),
             ("ev/s incl. start-up", "events_per_s_with_startup"),
         ):
             values = [r[key] for r in results]
+            note = skipped.get(name) or (_note(results) if key == "events_per_s" else "")
+            if ceiling and key == "events_per_s" and name not in ("baseline", "faust") and values:
+                note = f"{median(values) / ceiling:.2f}x bare Faust agent; {note}"
             out.append(
                 {
                     "section": "sinks",
-                    "variant": BASELINE if name == "baseline" else SINKS[name],
+                    "variant": {"baseline": BASELINE, "faust": BARE_FAUST}.get(name) or SINKS[name],
                     "metric": metric,
                     "median": median(values),
                     "rounds": values,
                     "startup_s": median([r["startup_s"] for r in results]),
-                    "note": skipped.get(name) or (_note(results) if key == "events_per_s" else ""),
+                    "note": note,
                     "baseline": name == "baseline",
                 }
             )
