@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 from bench import median
+from forwarder.core.normalize import Provenance, normalize_raw
 from forwarder.formats import encoder_for, format_names
-from forwarder.pipeline.normalize import Provenance, normalize_raw
 
 SAMPLES = Path(__file__).resolve().parent.parent / "forwarder" / "samples"
 Row = dict[str, Any]

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import sample_bodies
 from forwarder import records
-from forwarder.pipeline.normalize import Provenance, normalize_raw
+from forwarder.core.normalize import Provenance, normalize_raw
 
 PARTITIONS = 8
 # The headers the normalize agent carries over to the event (forwarder.pipeline.app).

@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from forwarder.core.normalize import Provenance, normalize_raw
 from forwarder.formats import encoder_for
-from forwarder.pipeline.normalize import Provenance, normalize_raw
 from forwarder.records import utc_now_iso
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from forwarder.pipeline import dedupe, window
-from forwarder.pipeline.normalize import Provenance, normalize, normalize_raw
+from forwarder.core import dedupe, window
+from forwarder.core.normalize import Provenance, normalize, normalize_raw
 from tests.helpers import FIXED_NOW, SAMPLES, sample_paths, sample_provenance
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 import forwarder
-from forwarder.pipeline.normalize import Provenance, normalize_raw
+from forwarder.core.normalize import Provenance, normalize_raw
 
 SAMPLES = Path(forwarder.__file__).parent / "samples"
 HOSTILE = Path(__file__).parent / "data" / "hostile"

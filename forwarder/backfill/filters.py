@@ -14,7 +14,7 @@ from typing import Any
 
 from forwarder.backfill.config import FiltersConfig
 from forwarder.backfill.wrap import snake_type
-from forwarder.pipeline.users import contributors
+from forwarder.core.users import contributors
 
 # Why an audit is left out; bounded, a metric label.
 WORKSPACE = "workspace"

@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from forwarder.aiokafka_compat import refresh_metadata
 from forwarder.config import Config
-from forwarder.pipeline.dedupe import content_hash
-from forwarder.pipeline.users import canonical_audit
+from forwarder.core.dedupe import content_hash
+from forwarder.core.users import canonical_audit
 
 log = logging.getLogger("forwarder.backfill.seen")
 

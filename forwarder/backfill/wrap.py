@@ -6,7 +6,7 @@ the webhook's here (docs/decisions/0005-backfill.md lists each difference and it
 Documented by Aha!'s own example answer:
 - `auditable_id` and `associated_id` are JSON numbers: they become strings, as the webhook has them;
 - `contributors` come on every audit, each wrapped as `{"user": {...}}`: they become flat user
-  records (`pipeline.users`, the same function the worker applies to webhook bodies).
+  records (`core.users`, the same function the worker applies to webhook bodies).
 Not documented, accepted in case the API ever sends them:
 - record types as Rails class names (`Feature`, `Ideas::IdeaEndorsement`) become the webhook's
   lower snake case (`feature`, `ideas/idea_endorsement`);
@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 
 from forwarder import records
-from forwarder.pipeline.dedupe import content_hash
-from forwarder.pipeline.users import canonical_audit
+from forwarder.core.dedupe import content_hash
+from forwarder.core.users import canonical_audit
 
 SOURCE = "backfill"
 

@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from forwarder import records
 from forwarder.config import Config
+from forwarder.core import dedupe, window
+from forwarder.core.normalize import Provenance, event_epoch, normalize, parse_body
+from forwarder.core.oversize import fit_event
 from forwarder.failures import Failure, classify_kafka
 from forwarder.faust_compat import AgentErrorApp, HoleWatch, refuse_stale_acks, use_partition_of
 from forwarder.kafka_client import broker_urls, ticks_topic_name
 from forwarder.metrics import WorkerMetrics
-from forwarder.pipeline import dedupe, window
-from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
-from forwarder.pipeline.oversize import fit_event
 from forwarder.pipeline.sensors import FaustSensor
 
 log = logging.getLogger("forwarder.worker")

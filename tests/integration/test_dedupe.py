@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from forwarder.config import parse
-from forwarder.pipeline.dedupe import change_key, user_key
+from forwarder.core.dedupe import change_key, user_key
 from tests.helpers import SAMPLES
 from tests.integration.conftest import free_port, stack_config, wait_http_ok, wait_worker_settled
 from tests.integration.kafka_io import read_topic

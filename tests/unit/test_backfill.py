@@ -34,9 +34,9 @@ from forwarder.backfill.config import AhaAccountConfig, ReconcileConfig
 from forwarder.backfill.seen import SeenIndex, index_body
 from forwarder.backfill.wrap import normalize_audit, snake_type, wrap
 from forwarder.config import ConfigError, parse
-from forwarder.pipeline.dedupe import annotate, content_hash, decide, observe, subject
-from forwarder.pipeline.normalize import Provenance, event_epoch, normalize, parse_body
-from forwarder.pipeline.users import canonical_audit, others
+from forwarder.core.dedupe import annotate, content_hash, decide, observe, subject
+from forwarder.core.normalize import Provenance, event_epoch, normalize, parse_body
+from forwarder.core.users import canonical_audit, others
 from tests.fakes.aha_api import FakeAhaApi, class_name
 from tests.helpers import SAMPLES, sample_paths
 

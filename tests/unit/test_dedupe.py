@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwarder.pipeline.dedupe import (
+from forwarder.core.dedupe import (
     Decision,
     State,
     annotate,
@@ -17,7 +17,7 @@ from forwarder.pipeline.dedupe import (
     decide,
     user_key,
 )
-from forwarder.pipeline.users import canonical_audit
+from forwarder.core.users import canonical_audit
 from tests.helpers import SAMPLES
 
 HORIZON = 3600.0

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.pipeline.normalize import Provenance, normalize, normalize_raw
+from forwarder.core.normalize import Provenance, normalize, normalize_raw
 from tests.helpers import normalized_sample, sample_paths
 from tests.schema import assert_valid_event
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from forwarder.core.normalize import Provenance, normalize_raw
 from forwarder.formats import encoder_for
 from forwarder.formats.options import CefOptions, FormatsConfig
-from forwarder.pipeline.normalize import Provenance, normalize_raw
 from tests.golden import assert_golden
 from tests.helpers import (
     HOSTILE,

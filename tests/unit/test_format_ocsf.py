@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from forwarder.core.normalize import Provenance, normalize, normalize_raw
 from forwarder.formats import encoder_for, format_names
 from forwarder.formats.ocsf import OCSF_VERSION, encode
-from forwarder.pipeline.normalize import Provenance, normalize, normalize_raw
 from tests.golden import assert_golden
 from tests.helpers import SAMPLES, sample_paths, sample_provenance
 

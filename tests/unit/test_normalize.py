@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.pipeline.normalize import ECS_VERSION, Provenance, normalize, normalize_raw
+from forwarder.core.normalize import ECS_VERSION, Provenance, normalize, normalize_raw
 from tests.helpers import SAMPLES, SHARED_EXAMPLE, sample_paths, sample_provenance
 
 NOW = "2026-11-27T14:10:13.052Z"

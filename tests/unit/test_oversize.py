@@ -4,8 +4,8 @@ import orjson
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from forwarder import records
-from forwarder.pipeline.normalize import normalize_raw
-from forwarder.pipeline.oversize import TRUNCATED_TAG, fit_event
+from forwarder.core.normalize import normalize_raw
+from forwarder.core.oversize import TRUNCATED_TAG, fit_event
 from tests.helpers import SAMPLES, sample_provenance
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.pipeline.richtext import rich_text
+from forwarder.core.richtext import rich_text
 
 
 def test_paragraphs_and_lists_become_lines_and_entities_are_decoded() -> None:

@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.pipeline.users import (
+from forwarder.core.users import (
     canonical_audit,
     canonical_body,
     merges,

@@ -7,8 +7,8 @@ from typing import Any
 
 from hypothesis import given, settings
 
-from forwarder.pipeline import dedupe, window
-from forwarder.pipeline.normalize import Provenance, normalize
+from forwarder.core import dedupe, window
+from forwarder.core.normalize import Provenance, normalize
 from tests.unit.test_dedupe import COLLATED, PARTS, bursts
 
 HORIZON = 3600.0

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from forwarder.pipeline import dedupe
-from forwarder.pipeline.users import contributors, merges
+from forwarder.core import dedupe
+from forwarder.core.users import contributors, merges
 
 Group = dict[str, Any]
 # A held group, stored as JSON in the table:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from forwarder.pipeline.users import contributors, merges, others, user_key
+from forwarder.core.users import contributors, merges, others, user_key
 
 # State of one record, as stored in the table (orjson bytes):
 #   "a": {audit_id: [content_hash, event_time, shipped, [field names], [user keys]]}

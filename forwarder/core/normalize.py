@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from forwarder.pipeline.richtext import rich_text
-from forwarder.pipeline.users import canonical_audit, canonical_body
+from forwarder.core.richtext import rich_text
+from forwarder.core.users import canonical_audit, canonical_body
 from forwarder.records import iso_millis
 
 ECS_VERSION = "8.17.0"
