@@ -9,20 +9,17 @@ and collated audits, so the outcome does not depend on the order they arrive in.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
+from forwarder.core import state as stored
+from forwarder.core.state import RecordState, SeenAudit, ShippedChange
 from forwarder.core.users import contributors, merges, others, user_key
 
-# State of one record, as stored in the table (orjson bytes):
-#   "a": {audit_id: [content_hash, event_time, shipped, [field names], [user keys]]}
-#   "i": {item_key: [audit_id, event_time]}   changes (and actions) already shipped
-#   "u": {user_key: event_time}                users already shipped
-#   "seen": processing time of the last audit, for expiry
-State = dict[str, Any]
+State = RecordState
 
 _SEP = "\x1f"
 
@@ -37,7 +34,7 @@ class Decision:
     collated: bool  # merges users besides its author, or revises an id
     supersedes: list[str] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)  # indices of changes shipped before
-    state: State = field(default_factory=dict)
+    state: State = field(default_factory=lambda: RecordState(seen=0.0))
 
 
 def _canonical(value: Any) -> str:
@@ -95,16 +92,24 @@ def content_hash(audit: Mapping[str, Any]) -> str:
 
 def _prune(state: State, newest: float, horizon: float) -> None:
     floor = newest - horizon
-    state["i"] = {key: value for key, value in state["i"].items() if value[1] >= floor}
-    state["u"] = {key: at for key, at in state["u"].items() if at >= floor}
+    state.changes = {k: v for k, v in state.changes.items() if v.event_time >= floor}
+    state.users = {k: at for k, at in state.users.items() if at >= floor}
 
 
 def _bound_audits(state: State, max_audits: int) -> None:
-    audits = state["a"]
+    audits = state.audits
     if len(audits) > max_audits:
-        oldest_first = sorted(audits, key=lambda audit_id: audits[audit_id][1])
+        oldest_first = sorted(audits, key=lambda audit_id: audits[audit_id].event_time)
         for audit_id in oldest_first[: len(audits) - max_audits]:
             del audits[audit_id]
+
+
+def _shipped(key: str, table: Mapping[str, Any], event_time: float, horizon: float) -> bool:
+    entry = table.get(key)
+    if entry is None:
+        return False
+    at = entry.event_time if isinstance(entry, ShippedChange) else entry
+    return bool(abs(at - event_time) <= horizon)
 
 
 def decide(
@@ -117,56 +122,49 @@ def decide(
     max_audits: int = 1000,
 ) -> Decision:
     """Decide about one audit of a record given what was seen of that record before."""
-    state = (
-        {"a": {}, "i": {}, "u": {}, "seen": now}
-        if state is None
-        else {**state, "a": dict(state["a"]), "i": dict(state["i"]), "u": dict(state["u"])}
-    )
-    state["seen"] = now
+    state = _fresh(state, now)
     audit_id = str(audit.get("id"))
     digest = content_hash(audit)
     items, users = audit_items(audit)
     fields = sorted({_field(change) for change in _changes(audit)})
-    earlier = state["a"].get(audit_id)
-    if earlier is not None and earlier[0] == digest:
+    earlier = state.audits.get(audit_id)
+    if earlier is not None and earlier.content_hash == digest:
         return Decision(False, "exact", False, False, state=state)
     revision = earlier is not None
     collated = revision or merges(audit)
-    newest = max([event_time, *(entry[1] for entry in state["a"].values())])
+    newest = max([event_time, *(entry.event_time for entry in state.audits.values())])
     _prune(state, newest, horizon)
 
     def shipped(key: str, table: Mapping[str, Any]) -> bool:
-        entry = table.get(key)
-        if entry is None:
-            return False
-        at = entry[1] if isinstance(entry, list) else entry
-        return bool(abs(at - event_time) <= horizon)
+        return _shipped(key, table, event_time, horizon)
 
-    covered = all(shipped(key, state["i"]) for key in items) and all(
-        shipped(key, state["u"]) for key in users
+    covered = all(shipped(key, state.changes) for key in items) and all(
+        shipped(key, state.users) for key in users
     )
-    state["a"][audit_id] = [digest, event_time, not covered, fields, users]
+    state.audits[audit_id] = SeenAudit(digest, event_time, not covered, fields, users)
     _bound_audits(state, max_audits)
     if covered:
         return Decision(False, "collated", revision, collated, state=state)
 
     repeated = [
-        index for index, key in enumerate(items[: len(_changes(audit))]) if shipped(key, state["i"])
+        index
+        for index, key in enumerate(items[: len(_changes(audit))])
+        if shipped(key, state.changes)
     ]
     for key in items:
-        if not shipped(key, state["i"]):
-            state["i"][key] = [audit_id, event_time]
+        if not shipped(key, state.changes):
+            state.changes[key] = ShippedChange(audit_id, event_time)
     for key in users:
-        state["u"][key] = event_time
+        state.users[key] = event_time
     supersedes: list[str] = []
     if collated:
         # An earlier audit is covered when its fields and users are all in this one.
-        for other_id, (_, at, _, other_fields, other_users) in state["a"].items():
+        for other_id, other in state.audits.items():
             if (
                 other_id != audit_id
-                and abs(at - event_time) <= horizon
-                and set(other_fields) <= set(fields)
-                and set(other_users) <= set(users)
+                and abs(other.event_time - event_time) <= horizon
+                and set(other.fields) <= set(fields)
+                and set(other.users) <= set(users)
             ):
                 supersedes.append(other_id)
     return Decision(True, None, revision, collated, sorted(supersedes), repeated, state)
@@ -189,17 +187,17 @@ def annotate(event: dict[str, Any], decision: Decision) -> dict[str, Any]:
 
 def expired(state: State, now: float, retention: float) -> bool:
     """Whether a record's state has been idle longer than the retention."""
-    return bool(now - state.get("seen", now) > retention)
+    return bool(now - state.seen > retention)
 
 
 def encode_state(state: State) -> bytes:
-    """Table value of a state."""
-    return orjson.dumps(state)
+    """Table value of a state (the current version, state.py)."""
+    return stored.encode(state)
 
 
 def decode_state(raw: bytes | None) -> State | None:
-    """State from a table value."""
-    return None if raw is None else orjson.loads(raw)
+    """State from a table value of any version."""
+    return stored.decode(raw)
 
 
 def subject(body: Mapping[str, Any], body_sha256: str) -> Mapping[str, Any]:
@@ -218,15 +216,7 @@ def subject(body: Mapping[str, Any], body_sha256: str) -> Mapping[str, Any]:
 
 
 def _fresh(state: State | None, now: float) -> State:
-    if state is None:
-        return {"a": {}, "i": {}, "u": {}, "seen": now}
-    return {
-        **state,
-        "a": dict(state["a"]),
-        "i": dict(state["i"]),
-        "u": dict(state["u"]),
-        "seen": now,
-    }
+    return RecordState(seen=now) if state is None else state.touched(now)
 
 
 def observe(
@@ -242,19 +232,19 @@ def observe(
     state = _fresh(state, now)
     audit_id = str(audit.get("id"))
     digest = content_hash(audit)
-    earlier = state["a"].get(audit_id)
-    if earlier is not None and earlier[0] == digest:
+    earlier = state.audits.get(audit_id)
+    if earlier is not None and earlier.content_hash == digest:
         return "exact", False, state
     _, users = audit_items(audit)
     fields = sorted({_field(change) for change in _changes(audit)})
-    state["a"][audit_id] = [digest, event_time, False, fields, users]
+    state.audits[audit_id] = SeenAudit(digest, event_time, False, fields, users)
     _bound_audits(state, max_audits)
     return None, earlier is not None, state
 
 
 def decide_group(
     state: State | None,
-    audits: list[tuple[Mapping[str, Any], float]],
+    audits: Sequence[tuple[Mapping[str, Any], float]],
     *,
     now: float,
     horizon: float,
@@ -269,21 +259,15 @@ def decide_group(
     state = _fresh(state, now)
     if not audits:
         return False, state
-    newest = max([time for _, time in audits] + [entry[1] for entry in state["a"].values()])
+    newest = max(
+        [time for _, time in audits] + [entry.event_time for entry in state.audits.values()]
+    )
     _prune(state, newest, horizon)
-
-    def shipped(key: str, table: Mapping[str, Any], event_time: float) -> bool:
-        entry = table.get(key)
-        if entry is None:
-            return False
-        at = entry[1] if isinstance(entry, list) else entry
-        return bool(abs(at - event_time) <= horizon)
-
     covered = True
     for audit, event_time in audits:
         items, users = audit_items(audit)
-        if not all(shipped(key, state["i"], event_time) for key in items) or not all(
-            shipped(key, state["u"], event_time) for key in users
+        if not all(_shipped(key, state.changes, event_time, horizon) for key in items) or not all(
+            _shipped(key, state.users, event_time, horizon) for key in users
         ):
             covered = False
             break
@@ -293,10 +277,11 @@ def decide_group(
         audit_id = str(audit.get("id"))
         items, users = audit_items(audit)
         for key in items:
-            if not shipped(key, state["i"], event_time):
-                state["i"][key] = [audit_id, event_time]
+            if not _shipped(key, state.changes, event_time, horizon):
+                state.changes[key] = ShippedChange(audit_id, event_time)
         for key in users:
-            state["u"][key] = event_time
-        if audit_id in state["a"]:
-            state["a"][audit_id][2] = True
+            state.users[key] = event_time
+        seen = state.audits.get(audit_id)
+        if seen is not None:
+            state.audits[audit_id] = replace(seen, shipped=True)
     return True, state

@@ -16,13 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from forwarder.core import dedupe
+from forwarder.core.state import HeldAudit, HeldGroup
 from forwarder.core.users import contributors, merges
 
-Group = dict[str, Any]
-# A held group, stored as JSON in the table:
-#   "opened": processing time the first audit was held (the window runs from here)
-#   "audits": [{"audit": <the audit object>, "time": event time, "headers": {...},
-#               "order": arrival number}]
+# A held group, kept in the record's dedupe state (state.py).
+Group = HeldGroup
 
 
 def hold(
@@ -34,13 +32,16 @@ def hold(
     event_time: float,
 ) -> Group:
     """The group with `audit` added (a new group opens now)."""
-    if group is None:
-        group = {"opened": now, "audits": []}
-    audits = [*group["audits"]]
-    audits.append(
-        {"audit": dict(audit), "time": event_time, "headers": dict(headers), "order": len(audits)}
-    )
-    return {**group, "audits": audits}
+    opened = now if group is None else group["opened"]
+    audits = [] if group is None else [*group["audits"]]
+    held: HeldAudit = {
+        "audit": dict(audit),
+        "time": event_time,
+        "headers": dict(headers),
+        "order": len(audits),
+    }
+    audits.append(held)
+    return {"opened": opened, "audits": audits}
 
 
 def due(group: Group, *, now: float, window: float) -> bool:

@@ -164,8 +164,8 @@ def test_state_of_one_record_stays_bounded() -> None:
             state, audit, event_time=float(index), now=0.0, horizon=10.0, max_audits=20
         ).state
     assert state is not None
-    assert len(state["a"]) == 20
-    assert len(state["i"]) <= 12  # only what is inside the horizon
+    assert len(state.audits) == 20
+    assert len(state.changes) <= 12  # only what is inside the horizon
 
 
 _FIELDS = ["Name", "Description", "Status"]
