@@ -134,9 +134,11 @@ def table(outcome: Outcome) -> str:
         ),
     ]
     for name in sorted(set(outcome.rss_start) | set(outcome.rss_end)):
+        # The broker restarts during the run: its end is another process than its start.
+        label = f"{name} (the process running then)" if name == "broker" else name
         rows.append(
             (
-                f"RSS {name}, start -> end",
+                f"RSS {label}, start -> end",
                 f"{_mib(outcome.rss_start.get(name))} -> {_mib(outcome.rss_end.get(name))}",
             )
         )
