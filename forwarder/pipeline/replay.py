@@ -151,7 +151,7 @@ async def replay(
                 offer(message.value or b"")
             else:
                 await delivery.offer(message.key, message.value or b"", headers, position)
-        await delivery.flush()
+        await delivery.drain()
         await commit()
         summary.delivered += delivery.delivered
         summary.dead_lettered += delivery.dead_lettered

@@ -97,6 +97,7 @@ def create_sink_app(
             timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
+            await delivery.abandon()
             await sink.close()
 
     app.agent(events_topic, name=f"sink-{name}")(ship_agent)

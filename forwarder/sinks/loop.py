@@ -209,6 +209,10 @@ class SinkLoop(Generic[AckT]):
     `offer` each event in offset order; `ack` is called with each handle once its event was
     delivered, dead-lettered or left out by the route, never before an earlier one; `after_batch`
     runs after each batch was shipped and acked. Delivery failures never escape (see `ship`).
+
+    One batch is on its way to the destination while the next one fills: waiting for a SIEM's
+    answer no longer stops the reading, routing and encoding of the events behind it. A full
+    batch waits for the one in flight, so memory stays bounded and acks stay in offset order.
     """
 
     def __init__(
@@ -238,7 +242,8 @@ class SinkLoop(Generic[AckT]):
         self.delivered = 0
         self.dead_lettered = 0
         self.filtered = 0
-        self._shipping = asyncio.Lock()
+        self._handing_over = asyncio.Lock()
+        self._in_flight: asyncio.Task[None] | None = None
         self._filtered = metrics.filtered.labels(sink.name)
         self._encode_failed = metrics.sink_dead_lettered.labels(sink.name, "encode")
 
@@ -268,19 +273,34 @@ class SinkLoop(Generic[AckT]):
             await self.flush()
 
     async def flush(self) -> None:
-        """Ship what the batch holds, then ack its handles in order."""
-        async with self._shipping:
+        """Send what the batch holds once the batch in flight is done (returns meanwhile)."""
+        async with self._handing_over:
             items, acks = self.batch.take()
-            if items:
-                sent, rejected = await ship(
-                    self.sink, self.sink_config, items, self.metrics, self.send_dlq
-                )
-                self.delivered += sent
-                self.dead_lettered += rejected
-            for handle in acks:
-                await self.ack(handle)
-            if acks and self.after_batch is not None:
-                await self.after_batch()
+            if not acks:
+                return
+            if self._in_flight is not None:
+                await self._in_flight
+            self._in_flight = asyncio.create_task(self._ship(items, acks))
+
+    async def drain(self) -> None:
+        """Send what the batch holds and wait until every batch is delivered and acked."""
+        await self.flush()
+        async with self._handing_over:
+            if self._in_flight is not None:
+                await self._in_flight
+
+    async def abandon(self) -> None:
+        """Stop the batch in flight without acking it (at shutdown: it is consumed again)."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as error:  # stopping anyway: its events were not acked
+                log.error("sink batch failed at shutdown", extra={"error": repr(error)})
 
     async def flush_when_due(self) -> None:
         """Ship the batch whenever its oldest event waited `batch_max_seconds` (runs forever)."""
@@ -289,10 +309,23 @@ class SinkLoop(Generic[AckT]):
             if self.batch.due():
                 await self.flush()
 
+    async def _ship(self, items: list[Item], acks: list[Any]) -> None:
+        if items:
+            sent, rejected = await ship(
+                self.sink, self.sink_config, items, self.metrics, self.send_dlq
+            )
+            self.delivered += sent
+            self.dead_lettered += rejected
+        for handle in acks:
+            await self.ack(handle)
+        if self.after_batch is not None:
+            await self.after_batch()
+
     async def _settled(self, ack: AckT) -> None:
         # Nothing to send for this event: ack it now, or after the events before it (in the
-        # batch, or in the one being shipped).
-        if self.batch.waiting() or self._shipping.locked():
+        # batch, or in the one in flight).
+        busy = self._in_flight is not None and not self._in_flight.done()
+        if self.batch.waiting() or busy or self._handing_over.locked():
             self.batch.carry(ack)
         else:
             await self.ack(ack)
