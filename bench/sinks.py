@@ -55,6 +55,7 @@ SINKS: dict[str, str] = {
     "kafka": "kafka sink (idempotent) -> topic, same broker",
 }
 POLL_SECONDS = 0.01
+PROFILE_SECONDS = 4
 DEADLINE_SECONDS = 300.0
 Row = dict[str, Any]
 
@@ -268,6 +269,19 @@ def _rates(n: int, started: float, first: float, first_count: int, end: float) -
     }
 
 
+def _profile(pid: int, name: str, work: Path) -> subprocess.Popen[bytes] | None:
+    """With BENCH_PROFILE_DIR set, py-spy samples the process from its first delivery on."""
+    folder = os.environ.get("BENCH_PROFILE_DIR")
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    out = Path(folder) / f"{name}.txt"
+    cmd = [str(py_spy), "record", "--pid", str(pid), "--duration", str(PROFILE_SECONDS)]
+    cmd += ["--rate", "200", "--format", "raw", "--output", str(out)]
+    return _spawn(cmd, work / "py-spy.log", dict(os.environ))
+
+
 def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -312,6 +326,7 @@ async def run_sink(
             cmd = [sys.executable, "-m", "bench.faust_agent", str(config), str(work / "count")]
         started = time.time()
         proc = _spawn(cmd, log, env)
+        spy: subprocess.Popen[bytes] | None = None
         try:
             first, first_count = 0.0, 0
             cpu: dict[str, float] = {}
@@ -320,6 +335,7 @@ async def run_sink(
                 now = time.time()
                 if held and not first:
                     first, first_count = now, held
+                    spy = _profile(proc.pid, work.name, log.parent)
                     cpu = {
                         "sink": _cpu_seconds(proc.pid),
                         "bench": time.process_time(),
@@ -344,6 +360,9 @@ async def run_sink(
             if held > n:
                 raise RuntimeError(f"{kind}: receiver holds {held} events, expected {n}")
         finally:
+            if spy is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(PROFILE_SECONDS + 30)
             proc.terminate()
             try:
                 proc.wait(30)
