@@ -15,7 +15,7 @@ import pytest
 
 from tests.chaos.harness import Broker, Delivered, Load, Pipeline, check_no_loss, log, running
 
-pytestmark = [pytest.mark.chaos, pytest.mark.chaos_slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 RATE = 50  # webhooks a second
 RECOVERY_BOUND = 60  # seconds from the broker's return until every accepted id is delivered
@@ -56,12 +56,14 @@ def broker_outage(
     assert load.slow_answers() == 0, "every answer within Aha!'s 5 s"
 
 
+# In `make test`: this is the scenario that wedged the spool drain until a restart by hand.
 def test_broker_stopped_for_20_s_under_load(broker: Broker, tmp_path: Path) -> None:
     """`broker stop` (SIGTERM, a clean shutdown) at 50 webhooks/s, 20 s down, `broker start`:
     every webhook answered 202, all in the file sink within 60 s of the broker's return."""
     broker_outage("broker stop/start, 20 s down", broker, tmp_path, Broker.stop, 20)
 
 
+@pytest.mark.chaos_slow
 def test_broker_sigkilled_under_load(broker: Broker, tmp_path: Path) -> None:
     """SIGKILL of the broker at 50 webhooks/s (produces in flight, unflushed log), 10 s down,
     `broker start` (log recovery): as above."""
