@@ -12,9 +12,9 @@ import binascii
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
-import uuid
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
@@ -132,11 +132,26 @@ def basic_credentials_match(token: TokenConfig, authorization: str | None) -> bo
     return bool(sep) and user_ok and password_ok
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+# The request headers the webhook route reads.
+_READ_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"content-encoding",
+        b"content-length",
+        b"content-type",
+        b"x-forwarded-for",
+        b"x-request-id",
+    }
+)
+
+
+def _read_headers(scope: Scope) -> dict[bytes, str]:
+    """The first value of each header in _READ_HEADERS, in one pass over the request's."""
+    found: dict[bytes, str] = {}
     for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+        if key in _READ_HEADERS and key not in found:
+            found[key] = bytes(value).decode("latin-1")
+    return found
 
 
 class IngestApp:
@@ -165,6 +180,9 @@ class IngestApp:
         self._clock = clock
         self._inflight = 0
         self._started = False
+        # Metric children by label values, resolved once rather than per request.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -174,8 +192,16 @@ class IngestApp:
             return
         started = time.perf_counter()
         route, status = await self._dispatch(scope, receive, send)
-        self.metrics.requests.labels(route, str(status)).inc()
-        self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
+        counter = self._counted.get((route, status))
+        if counter is None:
+            counter = self._counted[route, status] = self.metrics.requests.labels(
+                route, str(status)
+            )
+        counter.inc()
+        timer = self._timed.get(route)
+        if timer is None:
+            timer = self._timed[route] = self.metrics.request_duration.labels(route)
+        timer.observe(time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -219,7 +245,8 @@ class IngestApp:
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> int:
         # One id per webhook: in the answer (body and X-Request-Id), in every log line about it,
         # and on the Kafka record, so an operator can follow one delivery through the pipeline.
-        request_id = _request_id(_header(scope, b"x-request-id"))
+        headers = _read_headers(scope)
+        request_id = _request_id(headers.get(b"x-request-id"))
         token = logs.request_id.set(request_id)
         answer_headers = [(b"x-request-id", request_id.encode())]
         try:
@@ -233,7 +260,7 @@ class IngestApp:
                 return await _json(send, 503, payload, [(b"retry-after", b"1"), *answer_headers])
             self._inflight += 1
             try:
-                return await self._accept(scope, receive, send, request_id, answer_headers)
+                return await self._accept(scope, headers, receive, send, request_id, answer_headers)
             except Rejected as rejection:
                 self.metrics.rejected.labels(rejection.error).inc()
                 payload = {
@@ -249,7 +276,7 @@ class IngestApp:
         finally:
             logs.request_id.reset(token)
 
-    def _authenticate(self, scope: Scope, client: str) -> TokenConfig:
+    def _authenticate(self, scope: Scope, headers: dict[bytes, str], client: str) -> TokenConfig:
         now = self._clock()
         if not allowed(client, self._settings.allowed_cidrs):
             raise Rejected(403, "forbidden", "client address not allowed")
@@ -262,7 +289,7 @@ class IngestApp:
         if token is None:
             self._auth_failures.consume(client, now)
             raise Rejected(401, "unauthorized", "unknown webhook token")
-        if not basic_credentials_match(token, _header(scope, b"authorization")):
+        if not basic_credentials_match(token, headers.get(b"authorization")):
             self._auth_failures.consume(client, now)
             raise Rejected(
                 401,
@@ -275,6 +302,7 @@ class IngestApp:
     async def _accept(
         self,
         scope: Scope,
+        request_headers: dict[bytes, str],
         receive: Receive,
         send: Send,
         request_id: str,
@@ -283,18 +311,19 @@ class IngestApp:
         peer = scope.get("client")
         client = client_address(
             peer[0] if peer else "",
-            _header(scope, b"x-forwarded-for"),
+            request_headers.get(b"x-forwarded-for"),
             self._settings.trusted_proxies,
         )
-        token = self._authenticate(scope, client)
-        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        token = self._authenticate(scope, request_headers, client)
+        content_type = (request_headers.get(b"content-type") or "").split(";")[0].strip().lower()
         if content_type and content_type not in _JSON_TYPES:
             raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
-        encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
+        encoding = (request_headers.get(b"content-encoding") or "identity").strip().lower()
         if encoding not in _GZIP and encoding != "identity":
             raise Rejected(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
         gzip = encoding in _GZIP
-        body = await self._read_body(scope, receive, gzip=gzip)
+        declared = request_headers.get(b"content-length")
+        body = await self._read_body(declared, receive, gzip=gzip)
         self.metrics.received_bytes.inc(len(body))
         headers = {
             records.HEADER_RECEIVED_AT: records.utc_now_iso(),
@@ -370,9 +399,8 @@ class IngestApp:
             self.metrics.invalid_dropped.labels("not_stored").inc()
             log.warning("invalid body not kept", extra={"error": type(failure).__name__})
 
-    async def _read_body(self, scope: Scope, receive: Receive, *, gzip: bool) -> bytes:
+    async def _read_body(self, declared: str | None, receive: Receive, *, gzip: bool) -> bytes:
         limit = self._settings.max_body_bytes
-        declared = _header(scope, b"content-length")
         if not gzip and declared and declared.isdigit() and int(declared) > limit:
             raise Rejected(413, "too_large", f"body exceeds {limit} bytes")
         try:
@@ -423,7 +451,8 @@ def _request_id(offered: str | None) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new random id."""
     if offered and _REQUEST_ID.match(offered):
         return offered
-    return uuid.uuid4().hex
+    # 128 random bits in hex, as uuid4().hex without building a UUID.
+    return os.urandom(16).hex()
 
 
 async def _respond(

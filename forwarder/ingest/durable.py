@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from forwarder import records
 from forwarder.failures import Failure, classify_kafka
@@ -82,6 +82,7 @@ class DurableWriter:
         self._spooling = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._produce_timers: dict[str, Any] = {}  # produce_duration children, by topic
 
     async def start(self) -> None:
         """Recover the spool and start connecting and draining in the background."""
@@ -155,7 +156,7 @@ class DurableWriter:
                     },
                 )
             else:
-                self._metrics.produce_duration.labels(topic).observe(time.perf_counter() - started)
+                self._observe(topic, time.perf_counter() - started)
                 return "kafka"
         self._spooling += 1
         try:
@@ -168,7 +169,13 @@ class DurableWriter:
     async def _send_spooled(self, record: SpoolRecord) -> None:
         started = time.perf_counter()
         await self._producer.send(record.topic, record.value, record.key, list(record.headers))
-        self._metrics.produce_duration.labels(record.topic).observe(time.perf_counter() - started)
+        self._observe(record.topic, time.perf_counter() - started)
+
+    def _observe(self, topic: str, seconds: float) -> None:
+        timer = self._produce_timers.get(topic)
+        if timer is None:
+            timer = self._produce_timers[topic] = self._metrics.produce_duration.labels(topic)
+        timer.observe(seconds)
 
     async def _connect(self) -> None:
         attempt = 0
