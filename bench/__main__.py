@@ -266,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("ingest", "worker", "sinks", "formats"))
     parser.add_argument("--broker-kind", default="kafka", choices=devbroker.KINDS)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK_DIR,
+        help="configs and logs of the run, emptied first (another folder for concurrent runs)",
+    )
     args = parser.parse_args(argv)
     kinds = [kind.strip() for kind in args.sinks.split(",") if kind.strip()]
     if unknown := [kind for kind in kinds if kind not in sinks.SINKS]:
@@ -298,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"bench-{int(time.time())}"
     rows: list[Row] = []
     try:
-        shutil.rmtree(WORK_DIR, ignore_errors=True)
-        WORK_DIR.mkdir(parents=True)
-        work = WORK_DIR
+        work = args.work_dir
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
         if args.only in (None, "ingest"):
             _log(f"ingest: {args.rounds} x {args.duration:g} s per server, {args.generator}")
             rows += bench_ingest(args, bootstrap, prefix, work)
