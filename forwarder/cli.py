@@ -277,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_spool_parser(commands, _config_arg)
 
+    from forwarder.detections.cli import add_parser as add_detections_parser
+
+    add_detections_parser(commands)
+
     from forwarder.formats import format_names
 
     render = commands.add_parser(
