@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -184,6 +185,35 @@ def test_rule_follows_the_projects_conventions(name: str) -> None:
     # A rule resting on a record type or field name Aha! does not document says so.
     if rule.status.name.lower() == "experimental":
         assert "Experimental:" in rule.description
+
+
+# pySigma's validators that fetch MITRE data from the network; the tags are checked below.
+_ONLINE_VALIDATORS = {"attacktag", "d3_fendtag"}
+_TACTICS = {
+    "persistence",
+    "privilege-escalation",
+    "defense-evasion",
+    "credential-access",
+    "initial-access",
+    "impact",
+    "exfiltration",
+}
+
+
+def test_rules_pass_pysigmas_validators() -> None:
+    from sigma.validation import SigmaValidator
+    from sigma.validators.core import validators
+
+    offline = [cls for name, cls in validators.items() if name not in _ONLINE_VALIDATORS]
+    issues = SigmaValidator(offline).validate_rules(load_rules())
+    assert issues == []
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_attack_tags_name_a_tactic_or_technique(name: str) -> None:
+    for tag in RULES[name].tags:
+        assert tag.namespace == "attack", tag
+        assert tag.name in _TACTICS or re.fullmatch(r"t\d{4}(\.\d{3})?", tag.name), tag
 
 
 def test_example_audit_ids_are_unique() -> None:
