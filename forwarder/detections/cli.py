@@ -42,7 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     converted = export.convert_all(collection, args.target)
     if args.output is not None:
-        for path in export.write(converted, args.target, args.output):
+        for path in export.write(converted, args.output):
             print(path)
     else:
         for item in converted:

@@ -113,18 +113,25 @@ def convert_all(collection: SigmaCollection, target: str) -> list[Converted]:
     return [convert_one(rule, target) for rule in collection.rules]
 
 
-def write(converted: list[Converted], target: str, output: Path) -> list[Path]:
-    """One file per rule and target (`<rule>.<suffix>`); an unsupported one says why, in
-    `<rule>.<suffix>.unsupported`, so its absence is never silent."""
+def file_name(item: Converted) -> str:
+    """`<rule>.<suffix>`, or `<rule>.<suffix>.unsupported` when the target cannot express it."""
+    name = f"{item.rule}.{TARGETS[item.target].suffix}"
+    return name if item.unsupported is None else name + ".unsupported"
+
+
+def file_text(item: Converted) -> str:
+    """The queries, or the reason the target cannot express the rule."""
+    if item.unsupported is not None:
+        return f"{item.target}: {item.unsupported}\n"
+    return "\n\n".join(item.queries) + "\n"
+
+
+def write(converted: list[Converted], output: Path) -> list[Path]:
+    """One file per rule (`file_name`), so an unsupported rule is never silently missing."""
     output.mkdir(parents=True, exist_ok=True)
-    suffix = TARGETS[target].suffix
     written = []
     for item in converted:
-        if item.unsupported is not None:
-            path = output / f"{item.rule}.{suffix}.unsupported"
-            path.write_text(f"{target}: {item.unsupported}\n")
-        else:
-            path = output / f"{item.rule}.{suffix}"
-            path.write_text("\n\n".join(item.queries) + "\n")
+        path = output / file_name(item)
+        path.write_text(file_text(item))
         written.append(path)
     return written

@@ -33,11 +33,14 @@ from forwarder.detections.export import (
     RULES_DIR,
     TARGETS,
     convert_one,
+    file_name,
+    file_text,
     fresh,
     load_rules,
     rule_name,
 )
 from forwarder.detections.pipeline import AhaKustoBackend, kusto_pipeline
+from tests.golden import assert_golden
 
 EXAMPLES = RULES_DIR.parent / "tests"
 NOW = "2026-11-28T03:00:00.000Z"
@@ -239,6 +242,14 @@ def test_every_rule_converts_for_every_target(name: str, target: str) -> None:
         return
     assert converted.unsupported is None
     assert converted.queries and all(query.strip() for query in converted.queries)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_exported_queries_match_the_golden_files(name: str, target: str) -> None:
+    """A change of a rule, a pipeline or a pySigma backend shows as a diff to review."""
+    converted = convert_one(RULES[name], target)
+    assert_golden(f"detections/{target}/{file_name(converted)}", file_text(converted))
 
 
 def test_splunk_reads_changes_by_splunks_array_path_within_the_sourcetype() -> None:
