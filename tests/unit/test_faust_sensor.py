@@ -170,6 +170,15 @@ def test_sends_and_send_errors_are_counted(setup: Any) -> None:
     assert value(registry, "aha_siem_faust_send_errors_total", app="worker") == 1
 
 
+def test_a_batch_produced_past_faust_s_topics_is_counted_as_sent(setup: Any) -> None:
+    registry, sensor, _, _ = setup
+    sensor.on_send_initiated(None, "aha.audit.events", None, 1, 10)
+    sensor.count_sent("aha.audit.events", 500, errors=2)
+    sent = "aha_siem_faust_messages_sent_total"
+    assert value(registry, sent, app="worker", topic="aha.audit.events") == 501
+    assert value(registry, "aha_siem_faust_send_errors_total", app="worker") == 2
+
+
 def test_two_apps_share_one_registry_under_their_own_label() -> None:
     registry = CollectorRegistry()
     worker = FaustSensor(registry, app="worker")
