@@ -73,7 +73,7 @@ def load_rules(directory: Path = RULES_DIR) -> SigmaCollection:
     """Every `*.yml` rule under `directory`, references between them resolved."""
     paths = sorted(directory.glob("*.yml"))
     if not paths:
-        raise RuleError(f"{directory}: no Sigma rules (*.yml)")
+        raise RuleError(f"{directory}: no Sigma rules (*.yml); give the folder with --rules DIR")
     collection = SigmaCollection.load_ruleset([str(path) for path in paths])
     collection.resolve_rule_references()
     return collection

@@ -301,6 +301,26 @@ def test_export_writes_each_rule_and_names_what_a_target_cannot_express(
         assert f"{name}: not supported by kusto" in capsys.readouterr().err
 
 
+def test_export_names_a_folder_without_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["detections", "export", "--target", "splunk", "--rules", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no Sigma rules (*.yml); give the folder with --rules DIR" in (
+        capsys.readouterr().err
+    )
+
+
+def test_export_prints_every_rule_without_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["detections", "export", "--target", "elasticsearch-lucene"]) == 0
+    out = capsys.readouterr().out
+    for name in RULES:
+        assert f"# {name}\n" in out
+    assert (
+        "# not supported by elasticsearch-lucene: Backend does not support correlation rules."
+        in out
+    )
+
+
 def test_export_without_pysigma_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
