@@ -8,8 +8,9 @@ target stores the event differently:
 - Splunk (HEC sink, `aha:audit:ecs`): the JSON is extracted with Splunk's own paths, in which an
   array of objects reads as `name{}.key`, so `aha.audit.changes.field_name` becomes
   `aha.audit.changes{}.field_name`. Each query is restricted to the sourcetype.
-- Elasticsearch (Lucene and ES|QL): the ECS names are the document's, unchanged; ES|QL reads
-  the sink's data streams (`logs-aha.audit-*`).
+- Elasticsearch (Lucene and ES|QL): the ECS names are the document's; a change's value, old and
+  new value are matched on the `.keyword` subfield the project's index template gives them (the
+  field itself is analyzed text); ES|QL reads the sink's data streams (`logs-aha.audit-*`).
 - Kusto (Microsoft Sentinel, table `AhaAudit_CL`): the sink sends the columns `EventAction`,
   `Message`, `EventTime` and the whole event as the dynamic column `Event`. The query first
   projects each field a rule may use to a plain column, and expands `aha.audit.changes` to one
@@ -148,12 +149,28 @@ def splunk_pipeline() -> ProcessingPipeline:
     )
 
 
+# Fields the project's index template (siem/elasticsearch/index-template.json) maps as analyzed
+# text with a keyword subfield: Sigma's exact and wildcard matches read the keyword, as they would
+# otherwise compare with single lowercased words.
+ELASTICSEARCH_KEYWORD_SUBFIELDS = (
+    "aha.audit.changes.value",
+    "aha.audit.changes.old",
+    "aha.audit.changes.new",
+)
+
+
 def elasticsearch_pipeline() -> ProcessingPipeline:
-    """ECS names unchanged; ES|QL queries read the Elasticsearch sink's data streams."""
+    """ECS names as the index template maps them; ES|QL reads the sink's data streams."""
     return ProcessingPipeline(
         name="aha-siem-forwarder: ECS events in Elasticsearch",
         priority=20,
         items=[
+            ProcessingItem(
+                identifier="aha_elasticsearch_keyword_subfields",
+                transformation=FieldMappingTransformation(
+                    {name: f"{name}.keyword" for name in ELASTICSEARCH_KEYWORD_SUBFIELDS}
+                ),
+            ),
             ProcessingItem(
                 identifier="aha_elasticsearch_index",
                 transformation=SetStateTransformation("index", ELASTICSEARCH_INDEX),

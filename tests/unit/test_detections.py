@@ -268,7 +268,7 @@ def test_kusto_reads_sentinel_columns_and_the_event() -> None:
     (query,) = convert_one(RULES["aha_integration_user_iam_change"], "kusto").queries
     assert query.startswith("AhaAudit_CL\n| extend ")
     assert "AuditableType = tostring(Event.aha.audit.auditable.type)" in query
-    assert "isempty(UserId)" in query and 'Message contains " integration "' in query
+    assert "isempty(UserId)" in query and 'Message contains "integration"' in query
     assert query.endswith("| summarize arg_min(TimeGenerated, *) by EventKey")
 
 
