@@ -32,13 +32,7 @@ COMPAT_MODULES = frozenset(PACKAGE / f"{library}_compat.py" for library in LIBRA
 # Offenders still to be moved into their compat module (issue 14). Only removals are welcome
 # here: delete an entry once its use has moved; a stale entry is reported as a warning, a new
 # offender fails the test.
-KNOWN_OFFENDERS = frozenset(
-    {
-        # The Kafka sink closes a producer whose stop() timed out as
-        # forwarder.aiokafka_compat.abandon_producer does, which should replace it there.
-        ("forwarder/sinks/kafka/sink.py", 'getattr(producer, "_sender", None)'),
-    }
-)
+KNOWN_OFFENDERS: frozenset[tuple[str, str]] = frozenset()
 
 _CHECKED_CALLS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from forwarder.aiokafka_compat import abandon_producer
 from forwarder.failures import Failure
 from forwarder.sinks.base import PartialFailure, Reject, Retry, SinkError
 from forwarder.sinks.kafka.config import KafkaSinkConfig
@@ -228,8 +229,5 @@ class KafkaSink:
         stopping.cancel()
         with contextlib.suppress(BaseException):
             await stopping
-        sender = getattr(producer, "_sender", None)  # stop() closes it only after the flush
         with contextlib.suppress(Exception):
-            if sender is not None:
-                await sender.close()
-            await producer.client.close()
+            await abandon_producer(producer)
