@@ -75,6 +75,10 @@ class SinkProcesses:
         return served
 
     def _spawn(self, child: Child) -> None:
+        if child.process is not None:
+            # A restart: the port may be why it exited (taken by another process since it was
+            # chosen), and keeping it would make the sink fail the same way for ever.
+            child.metrics_port = free_port(pair=False)
         command = [sys.executable, "-m", "forwarder", "sink", child.sink]
         command += ["--metrics-host", "127.0.0.1", "--metrics-port", str(child.metrics_port)]
         if self._config_path is not None:
