@@ -15,18 +15,29 @@ import orjson
 from forwarder import records
 
 TRUNCATED_TAG = "aha_siem_truncated"
-_MARK = "…[truncated]"
+"""Added to an event's tags when its texts were cut to fit a size limit."""
+MARK = "…[truncated]"
+"""Ends every text that was cut."""
+_MARK_BYTES = len(MARK.encode())
 
 
-def _cut(node: Any, longest: int) -> Any:
+def cut_text(text: str, limit: int) -> str:
+    """`text` if its UTF-8 is at most `limit` bytes, else its start ending in `MARK`, in all at
+    most `limit` bytes."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: max(0, limit - _MARK_BYTES)].decode("utf-8", "ignore") + MARK
+
+
+def cut_texts(node: Any, longest: int) -> Any:
+    """A copy of a JSON value with every string over `longest` bytes cut to them plus `MARK`."""
     if isinstance(node, str):
-        if len(node.encode()) <= longest:
-            return node
-        return node.encode()[:longest].decode("utf-8", "ignore") + _MARK
+        return cut_text(node, longest + _MARK_BYTES)
     if isinstance(node, dict):
-        return {key: _cut(value, longest) for key, value in node.items()}
+        return {key: cut_texts(value, longest) for key, value in node.items()}
     if isinstance(node, list):
-        return [_cut(value, longest) for value in node]
+        return [cut_texts(value, longest) for value in node]
     return node
 
 
@@ -51,7 +62,7 @@ def fit_event(
     doc["tags"] = [*(tags if isinstance(tags, list) else []), TRUNCATED_TAG]
     longest = 64 * 1024
     while longest >= 64:
-        smaller = orjson.dumps(_cut(doc, longest))
+        smaller = orjson.dumps(cut_texts(doc, longest))
         if overhead + len(smaller) <= limit:
             return smaller
         longest //= 4

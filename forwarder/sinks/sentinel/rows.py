@@ -19,20 +19,14 @@ from typing import Any
 
 import orjson
 
+from forwarder.core.oversize import MARK, TRUNCATED_TAG, cut_text, cut_texts
 from forwarder.sinks.ids import event_key
 
 FIELD_MAX_BYTES = 64_000
 """Bytes a value may have: under Azure's 64 KB whether a KB is 1,000 or 1,024 bytes."""
 
-TRUNCATED_TAG = "aha_siem_truncated"
-"""Added to the event's `tags` (ECS) or `metadata.labels` (OCSF) when its texts were cut."""
-
-MARK = "…[truncated]"
-"""Ends every text that was cut."""
-
 # Texts are cut to this many bytes, the largest that makes the event fit.
 _TEXT_LIMITS = (16_384, 4_096, 1_024, 256, 64)
-_MARK_BYTES = len(MARK.encode())
 _KEY = re.compile(rb'^\{"EventKey":("(?:[^"\\]|\\.)*")')
 
 
@@ -68,15 +62,6 @@ def row_key(data: bytes) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def cut_text(text: str, limit: int) -> str:
-    """`text` if its UTF-8 is at most `limit` bytes, else its start ending in `MARK`, in all at
-    most `limit` bytes."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[: max(0, limit - _MARK_BYTES)].decode("utf-8", "ignore") + MARK
-
-
 def fit_event(payload: bytes, fmt: str, limit: int = FIELD_MAX_BYTES) -> bytes:
     """The event JSON for the `Event` column: `payload` if it fits `limit` bytes, else the event
     without its raw body (`event.original`, OCSF `raw_data`) and, if still needed, with its
@@ -95,7 +80,7 @@ def fit_event(payload: bytes, fmt: str, limit: int = FIELD_MAX_BYTES) -> bytes:
     if len(smaller) <= limit:
         return smaller
     for longest in _TEXT_LIMITS:
-        smaller = orjson.dumps(_cut(doc, longest))
+        smaller = orjson.dumps(cut_texts(doc, longest))
         if len(smaller) <= limit:
             return smaller
     return _stub(len(payload))
@@ -126,16 +111,6 @@ def _tag(doc: dict[str, Any], fmt: str) -> None:
     holder[name] = labels
 
 
-def _cut(node: Any, longest: int) -> Any:
-    if isinstance(node, str):
-        return cut_text(node, longest + _MARK_BYTES)
-    if isinstance(node, dict):
-        return {key: _cut(value, longest) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_cut(value, longest) for value in node]
-    return node
-
-
 def _stub(size: int) -> bytes:
     """What stands in for an event too large even with its texts cut (thousands of fields)."""
     return orjson.dumps(
@@ -149,3 +124,6 @@ def _stub(size: int) -> bytes:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+__all__ = ["FIELD_MAX_BYTES", "MARK", "TRUNCATED_TAG", "cut_text", "fit_event", "row", "row_key"]
