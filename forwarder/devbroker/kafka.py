@@ -43,8 +43,51 @@ def libs_dir(version: str | None = None) -> Path:
 
 def libs_complete(version: str | None = None) -> bool:
     """True when a previous fetch of this version finished (marker written last)."""
-    libs = libs_dir(version)
-    return (libs.parent / _MARKER).is_file() and any(libs.glob("kafka_2.13-*.jar"))
+    return jars_complete(libs_dir(version).parent, "kafka_2.13-*.jar")
+
+
+def jars_complete(home: Path, expect: str) -> bool:
+    """Whether `home/libs` holds a finished Maven fetch: the marker, and a jar matching `expect`."""
+    return (home / _MARKER).is_file() and any((home / "libs").glob(expect))
+
+
+class MavenFetchError(Exception):
+    """`mvn dependency:copy-dependencies` failed; the message ends with Maven's last lines."""
+
+
+def fetch_jars(home: Path, pom: Path, properties: dict[str, str], expect: str) -> Path:
+    """Copy the runtime dependencies of `pom` into `home/libs` once, and return that folder.
+
+    Two test sessions may fetch at once: the second waits on a lock and then finds the marker,
+    which is written last. Raises MavenFetchError, or FileNotFoundError without `mvn`.
+    """
+    libs = home / "libs"
+    if jars_complete(home, expect):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise FileNotFoundError("mvn")
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if jars_complete(home, expect):
+            return libs
+        (home / _MARKER).unlink(missing_ok=True)
+        partial = home / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom)]
+        cmd += [f"-D{name}={value}" for name, value in properties.items()]
+        cmd += ["dependency:copy-dependencies", f"-DoutputDirectory={partial}"]
+        cmd += ["-DincludeScope=runtime"]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0 or not any(partial.glob(expect)):
+            shutil.rmtree(partial, ignore_errors=True)
+            out = _ANSI.sub("", proc.stdout + proc.stderr).strip().splitlines()
+            raise MavenFetchError(f"mvn exit {proc.returncode}:\n" + "\n".join(out[-40:]))
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+        (home / _MARKER).write_text(" ".join(properties.values()) + "\n")
+    return libs
 
 
 def java_bin() -> str | None:
@@ -64,43 +107,17 @@ def ensure_libs(version: str | None = None) -> Path:
     """Fetch Kafka's runtime jars once into the cache and return the libs folder."""
     version = version or kafka_version()
     libs = libs_dir(version)
-    if libs_complete(version):
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
+    try:
+        return fetch_jars(libs.parent, POM, {"kafka.version": version}, "kafka_2.13-*.jar")
+    except FileNotFoundError:
         raise KafkaSetupError(
             f"Kafka {version} jars are not cached in {libs.parent} and `mvn` is not on PATH; "
             "install Maven (or a JDK + Maven), or use --kind tansu, or set KAFKA_BOOTSTRAP"
-        )
-    home = libs.parent
-    home.mkdir(parents=True, exist_ok=True)
-    # Two test sessions may fetch at once; the second waits and then finds the marker.
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if libs_complete(version):
-            return libs
-        (home / _MARKER).unlink(missing_ok=True)
-        tmp = home / "libs.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [
-            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM),
-            f"-Dkafka.version={version}",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-            "-DincludeScope=runtime",
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
-            shutil.rmtree(tmp, ignore_errors=True)
-            out = _ANSI.sub("", proc.stdout + proc.stderr).strip().splitlines()
-            raise KafkaSetupError(
-                f"fetching Kafka {version} from Maven Central failed (mvn exit {proc.returncode}):\n"
-                + "\n".join(out[-40:])
-            )
-        shutil.rmtree(libs, ignore_errors=True)
-        tmp.rename(libs)
-        (home / _MARKER).write_text(version + "\n")
-    return libs
+        ) from None
+    except MavenFetchError as error:
+        raise KafkaSetupError(
+            f"fetching Kafka {version} from Maven Central failed ({error})"
+        ) from None
 
 
 def random_cluster_id() -> str:

@@ -31,7 +31,13 @@ from types import TracebackType
 
 import httpx
 
-from forwarder.devbroker.kafka import cache_root, java_bin
+from forwarder.devbroker.kafka import (
+    MavenFetchError,
+    cache_root,
+    fetch_jars,
+    jars_complete,
+    java_bin,
+)
 
 DEFAULT_VERSION = "2.19.6"
 NODE_SOURCES = Path(__file__).with_name("opensearch_node")
@@ -53,7 +59,6 @@ JVM_OPTS = (
     "-Dlog4j.shutdownHookEnabled=false",
     "-Dlog4j2.disable.jmx=true",
 )
-_MARKER = ".complete"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -73,8 +78,7 @@ def home_dir(version: str | None = None) -> Path:
 
 def libs_complete(version: str | None = None) -> bool:
     """True when a previous fetch of this version finished (marker written last)."""
-    home = home_dir(version)
-    return (home / _MARKER).is_file() and any((home / "libs").glob("opensearch-2*.jar"))
+    return jars_complete(home_dir(version), "opensearch-2*.jar")
 
 
 def javac_bin() -> str | None:
@@ -103,40 +107,17 @@ def _tail(text: str, lines: int = 40) -> str:
 def ensure_libs(version: str | None = None) -> Path:
     """Fetch the node's runtime jars once into the cache and return the libs folder."""
     version = version or opensearch_version()
-    home = home_dir(version)
-    libs = home / "libs"
-    if libs_complete(version):
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise OpenSearchSetupError(f"OpenSearch {version} jars not cached and `mvn` not on PATH")
-    home.mkdir(parents=True, exist_ok=True)
-    # Two test sessions may fetch at once; the second waits and then finds the marker.
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if libs_complete(version):
-            return libs
-        (home / _MARKER).unlink(missing_ok=True)
-        partial = home / "libs.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        cmd = [
-            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM),
-            f"-Dopensearch.version={version}",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={partial}",
-            "-DincludeScope=runtime",
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if proc.returncode != 0 or not any(partial.glob("opensearch-2*.jar")):
-            shutil.rmtree(partial, ignore_errors=True)
-            raise OpenSearchSetupError(
-                f"fetching OpenSearch {version} from Maven Central failed "
-                f"(mvn exit {proc.returncode}):\n{_tail(proc.stdout + proc.stderr)}"
-            )
-        shutil.rmtree(libs, ignore_errors=True)
-        partial.rename(libs)
-        (home / _MARKER).write_text(version + "\n")
-    return libs
+    properties = {"opensearch.version": version}
+    try:
+        return fetch_jars(home_dir(version), POM, properties, "opensearch-2*.jar")
+    except FileNotFoundError:
+        raise OpenSearchSetupError(
+            f"OpenSearch {version} jars not cached and `mvn` not on PATH"
+        ) from None
+    except MavenFetchError as error:
+        raise OpenSearchSetupError(
+            f"fetching OpenSearch {version} from Maven Central failed ({error})"
+        ) from None
 
 
 def ensure_node_class(version: str | None = None) -> Path:
