@@ -45,11 +45,16 @@ _CLIENT_BROKEN: tuple[type[BaseException], ...] = (
     kafka_errors.ProducerClosed,
 )
 
-# The broker refuses this record whatever is retried: its size, its topic name, its bytes.
-_RECORD: tuple[type[BaseException], ...] = (
+# Larger than the producer's max_request_size or the topic's max.message.bytes.
+TOO_LARGE: tuple[type[BaseException], ...] = (
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.RecordListTooLargeError,
     kafka_errors.RecordTooLargeError,
+)
+
+# The broker refuses this record whatever is retried: its size, its topic name, its bytes.
+_RECORD: tuple[type[BaseException], ...] = (
+    *TOO_LARGE,
     kafka_errors.InvalidTopicError,
     kafka_errors.CorruptRecordException,
     kafka_errors.UnsupportedForMessageFormatError,

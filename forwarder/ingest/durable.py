@@ -9,7 +9,7 @@ import time
 from typing import Any, Protocol
 
 from forwarder import records
-from forwarder.failures import Failure, classify_kafka
+from forwarder.failures import TOO_LARGE, Failure, classify_kafka
 from forwarder.ingest.spool import Spool, SpoolRecord
 from forwarder.metrics import IngestMetrics
 
@@ -48,9 +48,6 @@ class RecordTooLarge(Exception):
         super().__init__(f"record of {size} bytes exceeds the {limit} bytes Kafka takes")
         self.size = size
         self.limit = limit
-
-
-_SIZE_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError", "RecordTooLargeError")
 
 
 def _refused(error: BaseException) -> str | None:
@@ -140,7 +137,7 @@ class DurableWriter:
             except Exception as error:
                 failure = classify_kafka(error)
                 self._metrics.produce_failures.labels(topic, failure.value).inc()
-                if failure is Failure.RECORD and type(error).__name__ in _SIZE_ERRORS:
+                if isinstance(error, TOO_LARGE):
                     # The topic's limit is lower than we knew: refuse it, as any other too big.
                     raise RecordTooLarge(size, limit) from error
                 # Everything after this goes through the spool until it is drained, to keep order.
