@@ -18,6 +18,8 @@ from forwarder.config import Config
 
 log = logging.getLogger("forwarder.kafka")
 
+LIMITS_REFRESH_SECONDS = 300.0
+
 
 def broker_urls(bootstrap: str) -> list[str]:
     """Faust broker URLs for a Kafka bootstrap list."""
@@ -147,18 +149,15 @@ class KafkaBodyProducer:
         self._producer: AIOKafkaProducer | None = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._limits: dict[str, int] = {}
+        self._limits_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect; creates the project's topics first if they are missing. Raises when unreachable."""
         config = self._config
         await ensure_topics(config, timeout=config.kafka.request_timeout_seconds)
-        try:
-            self._limits = await max_message_bytes(
-                config, [config.topics.raw, config.topics.invalid]
-            )
-        except Exception as error:
-            # Not fatal: a record the topic refuses after all is quarantined by the drain.
-            log.warning("topic limits unknown", extra={"error": type(error).__name__})
+        await self._learn_limits()
+        if self._limits_task is None:
+            self._limits_task = asyncio.create_task(self._keep_limits(), name="topic-limits")
         self._producer = AIOKafkaProducer(
             bootstrap_servers=config.kafka.bootstrap_servers,
             client_id=f"{config.kafka.client_id}-{self._role}",
@@ -180,8 +179,41 @@ class KafkaBodyProducer:
         limit = self._config.kafka.max_request_bytes
         return min(limit, self._limits.get(topic, limit))
 
+    async def _learn_limits(self) -> bool:
+        """Read the topics' max.message.bytes; whether every topic's limit is known.
+
+        A topic created a moment ago can be unknown to the broker that answers (its metadata
+        not yet propagated): that topic is asked again a moment later, as is a cluster that did
+        not answer. Until then the producer's own limit applies, and a record the topic refuses
+        after all is quarantined by the drain, never retried for ever.
+        """
+        topics = [self._config.topics.raw, self._config.topics.invalid]
+        try:
+            self._limits.update(await max_message_bytes(self._config, topics))
+        except Exception as error:
+            log.warning("topic limits unknown", extra={"error": type(error).__name__})
+            return False
+        return all(topic in self._limits for topic in topics)
+
+    async def _keep_limits(self) -> None:
+        """Ask again every second until each limit is known, then every five minutes.
+
+        A limit changed on the cluster (`kafka-configs --alter`) is seen within five minutes.
+        """
+        known = all(
+            t in self._limits for t in (self._config.topics.raw, self._config.topics.invalid)
+        )
+        while True:
+            await asyncio.sleep(LIMITS_REFRESH_SECONDS if known else 1.0)
+            known = await self._learn_limits()
+
     async def stop(self) -> None:
         """Flush what is in flight and disconnect."""
+        if self._limits_task is not None:
+            self._limits_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._limits_task
+            self._limits_task = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

@@ -71,6 +71,14 @@ class IngestMetrics:
             ["topic", "failure"],
             registry=registry,
         )
+        self.max_record_bytes = Gauge(
+            "aha_siem_ingest_kafka_max_record_bytes",
+            "Largest record the ingest sends to a topic (bigger bodies are answered 413): the "
+            "topic's max.message.bytes once read from the cluster, capped by "
+            "kafka.max_request_bytes.",
+            ["topic"],
+            registry=registry,
+        )
         self.producer_recreated = Counter(
             "aha_siem_ingest_kafka_producer_recreated_total",
             "Times the producer was replaced by a new one because its state was broken "

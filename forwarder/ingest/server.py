@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -34,8 +35,13 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> Inge
         segment_bytes=settings.segment_bytes,
         metrics=SpoolMetrics(registry),
     )
+    producer = KafkaBodyProducer(config, role="ingest")
+    for topic in (config.topics.raw, config.topics.invalid):
+        metrics.max_record_bytes.labels(topic).set_function(
+            functools.partial(producer.max_record_bytes, topic)
+        )
     writer = DurableWriter(
-        KafkaBodyProducer(config, role="ingest"),
+        producer,
         spool,
         produce_timeout=config.ingest.produce_timeout_seconds,
         metrics=metrics,

@@ -36,6 +36,13 @@ def audit_body(audit_id: int, padding: int = 0) -> bytes:
     return orjson.dumps(body)
 
 
+def wait_for_metric(url: str, line: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in (text := httpx.get(url).text):
+        assert time.monotonic() < deadline, f"{line!r} not in /metrics:\n{text}"
+        time.sleep(0.2)
+
+
 def small_topics(tmp: Path, bootstrap: str) -> dict[str, Any]:
     tree = ingest_config(tmp, bootstrap)
     run = time.monotonic_ns()
@@ -72,6 +79,10 @@ def test_a_body_too_large_for_the_raw_topic_is_answered_413_not_202(
         wait_http_ok(
             f"http://127.0.0.1:{port}/readyz", [process], {"ingest": tmp_path / "ingest.log"}
         )
+        # Ready means the spool takes bodies; the topic's limit is known once Kafka answered.
+        # (A body accepted before that and refused later is quarantined: the next test.)
+        limit = f'aha_siem_ingest_kafka_max_record_bytes{{topic="{tree["topics"]["raw"]}"}}'
+        wait_for_metric(f"http://127.0.0.1:{port}/metrics", f"{limit} {float(TOPIC_LIMIT)}")
         large = httpx.post(url, content=audit_body(1, padding=TOPIC_LIMIT), timeout=10)
         assert large.status_code == 413, large.text
         assert large.json()["error"] == "too_large"
@@ -167,3 +178,38 @@ def test_header_limits_are_answered_431(tmp_path: Path) -> None:
         assert normal.status_code == 200
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert 'aha_siem_ingest_rejected_total{reason="header_too_large"} 2.0' in metrics
+
+
+def test_a_topic_limit_changed_on_the_cluster_is_learned_without_a_restart(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: Any
+) -> None:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from forwarder import kafka_client
+    from forwarder.config import Config
+
+    monkeypatch.setattr(kafka_client, "LIMITS_REFRESH_SECONDS", 0.2)
+    tree = small_topics(tmp_path, kafka_bootstrap)
+    config = Config.model_validate(tree)
+    raw = tree["topics"]["raw"]
+
+    async def scenario() -> list[int]:
+        producer = kafka_client.KafkaBodyProducer(config, role="ingest")
+        await producer.start()
+        seen = [producer.max_record_bytes(raw)]
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, raw, {"max.message.bytes": "150000"})]
+            )
+        finally:
+            await admin.close()
+        deadline = time.monotonic() + 20
+        while producer.max_record_bytes(raw) == seen[0] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        seen.append(producer.max_record_bytes(raw))
+        await producer.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [TOPIC_LIMIT, 150_000]
