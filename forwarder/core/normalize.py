@@ -118,7 +118,7 @@ def _change(raw: Any) -> dict[str, Any]:
     return change
 
 
-def _flag(value: Any) -> bool:
+def flag(value: Any) -> bool:
     """A boolean Aha! may also send as a string or a number: `"false"` and `0` are false."""
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
@@ -231,7 +231,7 @@ def _audit(doc: dict[str, Any], audit: Mapping[str, Any]) -> None:
         "audit": {
             "id": _text(audit.get("id")),
             "action": action,
-            "interesting": _flag(audit.get("interesting")),
+            "interesting": flag(audit.get("interesting")),
             "auditable": {"type": record_type, "id": _text(audit.get("auditable_id"))},
             "associated": associated,
             "contributors": contributors,

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forwarder.core import dedupe
+from forwarder.core.normalize import flag
 from forwarder.core.state import HeldAudit, HeldGroup
 from forwarder.core.users import contributors, merges
 
@@ -164,7 +165,7 @@ def merge(group: Group) -> tuple[dict[str, Any], dict[str, Any]]:
         "user": author,
         "contributors": contributors,
         "changes": changes,
-        "interesting": any(bool(entry["audit"].get("interesting")) for entry in entries),
+        "interesting": any(flag(entry["audit"].get("interesting")) for entry in entries),
     }
     info = {"sources": sources, "changed_by": changed_by}
     return {"event": "audit", "audit": merged}, info

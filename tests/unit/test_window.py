@@ -202,3 +202,15 @@ def test_property_any_burst_in_any_order_merges_to_the_last_value_per_field_and_
     for change, setter in zip(body["audit"]["changes"], info["changed_by"], strict=True):
         expected = setters[change["field_name"]]
         assert setter["user"] == expected["user"]
+
+
+def test_a_merge_of_audits_sent_with_interesting_as_a_string_false_is_not_interesting() -> None:
+    # Aha! may send booleans as strings; the merge reads them as normalize does.
+    quiet = [{**part, "interesting": "false"} for part in PARTS]
+    [(body, _)] = run_window([(audit, created(audit)) for audit in quiet])[0]
+    doc = normalize(body, Provenance(token_id="t", account="acme"), now="2026-11-27T00:00:00Z")
+    assert doc["aha"]["audit"]["interesting"] is False
+    loud = [*quiet[:-1], {**quiet[-1], "interesting": "true"}]
+    [(body, _)] = run_window([(audit, created(audit)) for audit in loud])[0]
+    doc = normalize(body, Provenance(token_id="t", account="acme"), now="2026-11-27T00:00:00Z")
+    assert doc["aha"]["audit"]["interesting"] is True
