@@ -1,9 +1,16 @@
-"""What every sink implements, the errors it raises, and delivery with retries."""
+"""What every sink implements, what it reports, and delivery with retries.
+
+A sink's `send_batch` reports what happened to each event as a verdict (`BatchResult`); it
+raises only for a bug. Everything every sink shares lives here, once: back-off and Retry-After,
+the bound on answers nobody understands, dead-lettering, and halving a request the destination
+found too large (docs/decisions/0010-sink-failures.md).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -11,7 +18,7 @@ from typing import Any, Protocol
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception,
+    retry_if_exception_type,
     stop_after_attempt,
     stop_never,
     wait_exponential_jitter,
@@ -29,6 +36,88 @@ UNRECOGNIZED_ANSWER = "unrecognized_answer"
 """Dead-letter reason of events whose answers the sink could not interpret, attempt after attempt."""
 
 
+@dataclass(frozen=True)
+class Ok:
+    """The destination took the event."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Worth trying again, after `after` seconds when the destination said so.
+
+    `failure` says why: TRANSIENT (as long as it takes), DESTINATION (as long as it takes, logged
+    as an error: an operator must act) or UNRECOGNIZED (an answer the sink could not interpret:
+    a bounded number of times, then the DLQ).
+    """
+
+    reason: str
+    after: float | None = None
+    failure: Failure = Failure.TRANSIENT
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Trying again cannot help: the event goes to the DLQ."""
+
+    reason: str
+    failure: Failure = field(default=Failure.RECORD, init=False)
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """The request was larger than the destination takes (an HTTP 413): the framework sends
+    its events again in halves, down to one event, which is then a RECORD failure."""
+
+    reason: str
+    failure: Failure = field(default=Failure.RECORD, init=False)
+
+
+Verdict = Ok | Retry | Reject | TooLarge
+
+OK = Ok()
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What became of a batch given to `send_batch`: one verdict per position (absent means
+    `whole`), and the destination's id of the request that carried each position, where it has
+    one (Azure's `x-ms-client-request-id`: a dead-lettered event keeps it)."""
+
+    whole: Verdict = OK
+    items: Mapping[int, Verdict] = field(default_factory=dict)
+    request_ids: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, verdict: Verdict, request_ids: Mapping[int, str] | None = None) -> BatchResult:
+        """One verdict for the whole request."""
+        return cls(verdict, {}, dict(request_ids or {}))
+
+    @classmethod
+    def each(
+        cls, verdicts: Mapping[int, Verdict], request_ids: Mapping[int, str] | None = None
+    ) -> BatchResult:
+        """One verdict per position; a position left out was delivered."""
+        return cls(OK, dict(verdicts), dict(request_ids or {}))
+
+    def verdict(self, position: int) -> Verdict:
+        """The verdict on the event at `position` of the batch."""
+        return self.items.get(position, self.whole)
+
+    def verdicts(self, size: int) -> list[Verdict]:
+        """The verdict on each of the `size` events of the batch, in order."""
+        return [self.verdict(position) for position in range(size)]
+
+    @property
+    def delivered(self) -> bool:
+        """Whether every event was taken."""
+        return isinstance(self.whole, Ok) and all(isinstance(v, Ok) for v in self.items.values())
+
+
+DELIVERED = BatchResult()
+"""The result of a batch the destination took whole."""
+
+
+# Migration (docs/decisions/0010): the exceptions of sinks that do not return verdicts yet.
 class SinkError(Exception):
     """A delivery that did not succeed; `retriable` says whether trying again can help.
 
@@ -95,35 +184,6 @@ class PartialFailure(SinkError):
         }
 
 
-@dataclass(frozen=True)
-class Ok:
-    """The destination took everything."""
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Worth trying again, after `after` seconds when the destination said so.
-
-    `failure` says why: TRANSIENT (as long as it takes), DESTINATION (as long as it takes, logged
-    as an error: an operator must act) or UNRECOGNIZED (an answer the sink could not interpret:
-    a bounded number of times, then the DLQ).
-    """
-
-    reason: str
-    after: float | None = None
-    failure: Failure = Failure.TRANSIENT
-
-
-@dataclass(frozen=True)
-class Reject:
-    """Trying again cannot help: the events go to the DLQ."""
-
-    reason: str
-
-
-Verdict = Ok | Retry | Reject
-
-
 def raise_for(verdict: Verdict, message: str, request_ids: Mapping[int, str] | None = None) -> None:
     """Turn a classifier's verdict into the SinkError `deliver` understands (Ok returns)."""
     if isinstance(verdict, Retry):
@@ -178,15 +238,6 @@ def partial_failure(
     )
 
 
-def _worst(failures: Iterable[Failure]) -> Failure:
-    """The class a batch's retried events are reported under: a person's job first."""
-    found = set(failures)
-    for failure in (Failure.DESTINATION, Failure.UNRECOGNIZED):
-        if failure in found:
-            return failure
-    return Failure.TRANSIENT
-
-
 def settle_batch(
     whole: Verdict | None,
     verdicts: Mapping[int, Verdict],
@@ -226,7 +277,7 @@ class Sink(Protocol):
     name: str
 
     async def start(self) -> None:
-        """Open connections and files."""
+        """Open connections and files (raises SinkError or OSError when it cannot)."""
 
     async def healthcheck(self) -> None:
         """Raise SinkError when the destination cannot take events."""
@@ -234,8 +285,8 @@ class Sink(Protocol):
     def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
         """The bytes `send_batch` takes for one event (`payload` is it in the sink's format)."""
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Deliver every event or raise SinkError (PartialFailure naming the failed ones)."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult | None:
+        """Send the events once and say what became of each; raise only for a bug."""
 
     async def close(self) -> None:
         """Flush and release resources."""
@@ -253,6 +304,7 @@ class Outcome:
     attempts: int = 0
     # The destination's id of the last failed request that carried each event, when it has one.
     request_ids: dict[int, str] = field(default_factory=dict)
+    requests: int = 0  # send_batch calls, halves of a request too large included
 
     def dead_letter_reason(self, index: int) -> str:
         """The reason label of a rejected event: rejected, retries_exhausted, unrecognized_answer."""
@@ -263,19 +315,29 @@ class Outcome:
         return "rejected"
 
 
-def _only_unrecognized(error: SinkError) -> bool:
-    """Whether every event `error` retries is retried for an answer not understood."""
-    if isinstance(error, PartialFailure):
-        return len(error.unrecognized) == len(error.retry)
-    return error.failure is Failure.UNRECOGNIZED
+class _Pending(Exception):
+    """Events are left to send again: carries the attempt's retries out to tenacity."""
+
+    def __init__(self, retries: Sequence[Retry], events: int) -> None:
+        first = retries[0].reason if retries else "not sent"
+        super().__init__(first)
+        self.events = events
+        waits = [retry.after for retry in retries if retry.after is not None]
+        self.retry_after = max(waits) if waits else None
+        self.failure = _worst(retry.failure for retry in retries)
+        # Every retried event was retried for an answer not understood (logged when it came).
+        self.only_unrecognized = bool(retries) and all(
+            retry.failure is Failure.UNRECOGNIZED for retry in retries
+        )
 
 
-class _Retryable(Exception):
-    """Carries a retriable failure out of one attempt to tenacity."""
-
-    def __init__(self, error: SinkError) -> None:
-        super().__init__(str(error))
-        self.error = error
+def _worst(failures: Iterable[Failure]) -> Failure:
+    """The class retried events are reported under: a person's job first."""
+    found = set(failures)
+    for failure in (Failure.DESTINATION, Failure.UNRECOGNIZED):
+        if failure in found:
+            return failure
+    return Failure.TRANSIENT
 
 
 async def deliver(
@@ -287,13 +349,19 @@ async def deliver(
     """Send one batch, retrying what can succeed until the destination acknowledges it.
 
     Returns which events were delivered and which were rejected (to be dead-lettered): a
-    rejection, a partial failure's rejected items, retries exhausted under `max_attempts`, or
-    `max_unrecognized_attempts` answers the sink could not interpret (whatever `max_attempts`
-    says: an answer nobody understands must not hold back the events behind it for ever).
+    `Reject`, an event too large for the destination even alone, retries exhausted under
+    `max_attempts`, or `max_unrecognized_attempts` answers the sink could not interpret
+    (whatever `max_attempts` says: an answer nobody understands must not hold back the events
+    behind it for ever).
+
+    A request answered `TooLarge` is sent again at once in two halves, each its own request,
+    down to one event; the halves stay apart in later attempts, so a half that was taken is
+    never sent again.
     """
     retry = retry or RetryConfig()
     outcome = Outcome()
-    pending = list(range(len(events)))
+    # The events still to send, as the requests they go in (split when one was too large).
+    pending: list[list[int]] = [list(range(len(events)))] if events else []
     # Per event: the attempts whose answer about it could not be interpreted.
     unread: dict[int, int] = {}
     backoff = wait_exponential_jitter(
@@ -302,78 +370,140 @@ async def deliver(
         jitter=retry.initial_backoff_seconds,
     )
 
+    def waiting() -> int:
+        return sum(map(len, pending))
+
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, _Retryable) and error.error.retry_after is not None:
+        if isinstance(error, _Pending) and error.retry_after is not None:
             # Honour the destination's Retry-After, but not an absurd one.
-            return min(error.error.retry_after, _LONGEST_RETRY_AFTER)
+            return min(error.retry_after, _LONGEST_RETRY_AFTER)
         return float(backoff(state))
 
     def before_sleep(state: RetryCallState) -> None:
         metrics.sink_retries.labels(sink.name).inc()
         metrics.sink_up.labels(sink.name).set(0)
         error = state.outcome.exception() if state.outcome else None
-        failure = error.error.failure if isinstance(error, _Retryable) else Failure.TRANSIENT
-        if isinstance(error, _Retryable) and _only_unrecognized(error.error):
+        if not isinstance(error, _Pending) or error.only_unrecognized:
             return  # logged with the answer when it came
         extra = {
             "sink": sink.name,
             "attempt": state.attempt_number,
-            "events": len(pending),
-            "failure": str(failure),
+            "events": error.events,
+            "failure": str(error.failure),
             "error": str(error),
         }
-        if failure is Failure.DESTINATION:
+        if error.failure is Failure.DESTINATION:
             # Configuration or credentials: nothing changes until a person acts, and nothing is
             # dropped meanwhile (the sink is reported down).
             log.error("sink destination refuses the sink's settings, events wait", extra=extra)
         else:
             log.warning("sink delivery failed, retrying", extra=extra)
 
-    def not_understood(indexes: Sequence[int], answers: Mapping[int, str], attempt: int) -> None:
-        """Count one answer not understood about `indexes`; dead-letter the events that had
-        `max_unrecognized_attempts` of them and drop them from `pending`."""
-        nonlocal pending
+    def not_understood(answers: Mapping[int, str], attempt: int) -> set[int]:
+        """Count one answer not understood about the events of `answers`; return the ones that
+        had `max_unrecognized_attempts` of them, now dead-lettered."""
         metrics.sink_unrecognized.labels(sink.name).inc()
-        for index in indexes:
+        for index in answers:
             unread[index] = unread.get(index, 0) + 1
-        spent = [index for index in indexes if unread[index] >= retry.max_unrecognized_attempts]
+        first = next(iter(answers))
         log.warning(
             "sink could not interpret the destination's answer",
             extra={
                 "sink": sink.name,
                 "attempt": attempt,
-                "events": len(indexes),
-                "unrecognized_attempts": max(unread[index] for index in indexes),
+                "events": len(answers),
+                "unrecognized_attempts": max(unread[index] for index in answers),
                 "max_unrecognized_attempts": retry.max_unrecognized_attempts,
-                "answer": answers[indexes[0]],
+                "answer": answers[first],
             },
         )
+        spent = {index for index in answers if unread[index] >= retry.max_unrecognized_attempts}
         if not spent:
-            return
+            return spent
         log.error(
             "sink could not interpret the destination's answers, dead-lettering",
-            extra={"sink": sink.name, "events": len(spent), "answer": answers[spent[0]]},
+            extra={"sink": sink.name, "events": len(spent), "answer": answers[min(spent)]},
         )
-        for index in spent:
+        for index in sorted(spent):
             outcome.rejected[index] = (
                 f"{UNRECOGNIZED_ANSWER}: the destination's answer could not be understood "
                 f"({unread[index]} attempts): {answers[index]}"
             )
             outcome.unrecognized.add(index)
-        gone = set(spent)
-        pending = [index for index in pending if index not in gone]
+        return spent
 
-    def keep_request_ids(error: SinkError) -> None:
-        """Remember which request of the destination last carried each event of `error`."""
-        for position, request_id in error.request_ids.items():
-            if 0 <= position < len(pending):
-                outcome.request_ids[pending[position]] = request_id
+    async def attempt_once(attempt: int) -> None:
+        """Send every pending request once (halving those too large); raise _Pending when
+        events are left for another attempt."""
+        nonlocal pending
+        requests, pending = deque(pending), []
+        retried: list[Retry] = []
+        unrecognized: dict[int, str] = {}
+        while requests:
+            group = requests.popleft()
+            outcome.requests += 1
+            try:
+                answered = await sink.send_batch([events[index] for index in group])
+            except SinkError as error:  # migration: a sink that still raises
+                answered = _legacy_result(error, len(group))
+            result = DELIVERED if answered is None else answered
+            for position, request_id in result.request_ids.items():
+                if 0 <= position < len(group):
+                    outcome.request_ids[group[position]] = request_id
+            again: list[int] = []
+            too_large: list[int] = []
+            large_reason = ""
+            for position, index in enumerate(group):
+                verdict = result.verdict(position)
+                if isinstance(verdict, Ok):
+                    outcome.delivered.append(index)
+                elif isinstance(verdict, Reject):
+                    outcome.rejected[index] = verdict.reason
+                elif isinstance(verdict, TooLarge):
+                    too_large.append(index)
+                    large_reason = verdict.reason
+                else:
+                    again.append(index)
+                    retried.append(verdict)
+                    if verdict.failure is Failure.UNRECOGNIZED:
+                        unrecognized[index] = verdict.reason
+            if too_large:
+                if len(group) == 1:
+                    outcome.rejected[group[0]] = (
+                        f"too large for the destination, even alone: {large_reason}"
+                    )
+                else:
+                    halves = _halves(too_large)
+                    log.info(
+                        "request too large for the destination, sending it in halves",
+                        extra={
+                            "sink": sink.name,
+                            "events": len(too_large),
+                            "halves": [len(half) for half in halves],
+                            "error": large_reason,
+                        },
+                    )
+                    requests.extendleft(reversed(halves))
+            if again:
+                pending.append(again)
+            if isinstance(result.whole, Retry) and len(again) == len(group):
+                # The destination is down or busy: the other requests wait for the back-off.
+                pending.extend(requests)
+                requests.clear()
+        if unrecognized:
+            spent = not_understood(unrecognized, attempt)
+            if spent:
+                pending = [
+                    kept for group in pending if (kept := [i for i in group if i not in spent])
+                ]
+        if pending:
+            raise _Pending(retried, waiting())
 
     started = time.perf_counter()
     try:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda error: isinstance(error, _Retryable)),
+            retry=retry_if_exception_type(_Pending),
             wait=wait,
             stop=stop_never
             if retry.max_attempts is None
@@ -383,54 +513,45 @@ async def deliver(
         ):
             with attempt:
                 outcome.attempts = attempt.retry_state.attempt_number
-                batch = [events[index] for index in pending]
-                try:
-                    await sink.send_batch(batch)
-                except PartialFailure as error:
-                    keep_request_ids(error)
-                    for position, reason in error.rejected.items():
-                        outcome.rejected[pending[position]] = reason
-                    retried = {pending[position] for position in error.retry}
-                    unrecognized = {
-                        pending[position]: answer for position, answer in error.unrecognized.items()
-                    }
-                    outcome.delivered.extend(
-                        index
-                        for index in pending
-                        if index not in retried and index not in outcome.rejected
-                    )
-                    pending = [index for index in pending if index in retried]
-                    if unrecognized:
-                        not_understood(list(unrecognized), unrecognized, outcome.attempts)
-                    if pending:
-                        raise _Retryable(error) from None
-                except SinkError as error:
-                    keep_request_ids(error)
-                    if not error.retriable:
-                        for index in pending:
-                            outcome.rejected[index] = str(error)
-                        pending = []
-                    elif error.failure is Failure.UNRECOGNIZED:
-                        not_understood(
-                            pending, dict.fromkeys(pending, str(error)), outcome.attempts
-                        )
-                        if pending:
-                            raise _Retryable(error) from None
-                    else:
-                        raise _Retryable(error) from None
-                else:
-                    outcome.delivered.extend(pending)
-                    pending = []
-    except _Retryable as exhausted:
+                await attempt_once(outcome.attempts)
+    except _Pending as exhausted:
+        left = sorted(index for group in pending for index in group)
         log.error(
             "sink retries exhausted, dead-lettering",
-            extra={"sink": sink.name, "events": len(pending), "attempts": outcome.attempts},
+            extra={"sink": sink.name, "events": len(left), "attempts": outcome.attempts},
         )
-        for index in pending:
-            outcome.rejected[index] = f"retries exhausted: {exhausted.error}"
+        for index in left:
+            outcome.rejected[index] = f"retries exhausted: {exhausted}"
             outcome.exhausted.add(index)
     metrics.sink_batch_duration.labels(sink.name).observe(time.perf_counter() - started)
     if outcome.delivered:
         metrics.sink_events.labels(sink.name).inc(len(outcome.delivered))
         metrics.sink_up.labels(sink.name).set(1)
     return outcome
+
+
+def _halves(indexes: list[int]) -> list[list[int]]:
+    middle = len(indexes) // 2
+    return [indexes[:middle], indexes[middle:]] if middle else [indexes]
+
+
+def _legacy_result(error: SinkError, size: int) -> BatchResult:
+    """The verdicts a SinkError or PartialFailure stood for (until every sink returns them)."""
+    if isinstance(error, PartialFailure):
+        items: dict[int, Verdict] = {}
+        failure = Failure.TRANSIENT if error.failure is Failure.UNRECOGNIZED else error.failure
+        for position in error.retry:
+            if position in error.unrecognized:
+                items[position] = Retry(
+                    error.unrecognized[position], error.retry_after, Failure.UNRECOGNIZED
+                )
+            else:
+                items[position] = Retry(str(error), error.retry_after, failure)
+        for position, reason in error.rejected.items():
+            items[position] = Reject(reason)
+        return BatchResult.each(items, error.request_ids)
+    if error.retriable:
+        return BatchResult.of(
+            Retry(str(error), error.retry_after, error.failure), error.request_ids
+        )
+    return BatchResult.of(Reject(str(error)), error.request_ids)
