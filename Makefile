@@ -12,12 +12,13 @@ PYTEST_ARGS ?=
 
 SOAK_MINUTES ?= 30
 
-.PHONY: help venv run test unit integration lint format bench chaos soak kafka-up kafka-down clean
+.PHONY: help venv run test unit integration lint format bench bench-latency bench-memory chaos soak kafka-up kafka-down clean
 
 help:
 	@echo "make run    - broker + ingest + worker + file sink on this machine (aha-siem dev)"
 	@echo "make test   - lint, then unit and integration tests against a real Apache Kafka"
 	@echo "make bench  - throughput benchmarks beside their baselines"
+	@echo "make bench-latency - end-to-end latency per sink at 50 webhooks/s, default and shorter batching"
 	@echo "make chaos  - every chaos scenario, the slow ones too (each starts a broker of its own)"
 	@echo "make soak   - $(SOAK_MINUTES) min of steady load with broker restarts and a SIEM outage"
 	@echo "make lint   - ruff and mypy"
@@ -74,6 +75,11 @@ bench: venv
 	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }; } || \
 	  echo "wrk is not installed: the ingest benchmark falls back to an httpx client"
 	$(BIN)/python -m bench
+
+# End-to-end latency per sink at 50 webhooks/s: the sinks' default batching, then every sink at
+# 0.5 s and at 0.25 s (about 5 minutes; `make bench` runs the defaults' pass only).
+bench-latency: venv
+	$(BIN)/python -m bench --only latency --latency-batch-seconds 0.5,0.25
 
 kafka-up: venv
 	$(BIN)/aha-siem broker start --state-dir .run/kafka --port 9092 --kind auto

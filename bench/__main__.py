@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench import load, median, sinks, worker
+from bench import latency, load, median, sinks, worker
 from bench.formats import bench_formats
 from forwarder import devbroker
 from forwarder.config import IngestConfig, hash_token
@@ -263,7 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(sinks.SINKS),
         help="comma-separated sink types to measure (default: all with a local receiver)",
     )
-    parser.add_argument("--only", choices=("ingest", "worker", "sinks", "formats"))
+    parser.add_argument(
+        "--latency-sinks",
+        default=",".join(latency.KINDS),
+        help="comma-separated sinks of the latency run, all on one worker (default: all)",
+    )
+    parser.add_argument("--latency-rate", type=float, default=50.0, help="webhooks/s")
+    parser.add_argument("--latency-seconds", type=float, default=60.0, help="measured window")
+    parser.add_argument("--latency-warmup", type=float, default=10.0, help="seconds not measured")
+    parser.add_argument(
+        "--latency-batch-seconds",
+        default="",
+        help="comma-separated batch_max_seconds for every sink, a run each after the defaults'",
+    )
+    parser.add_argument("--only", choices=("ingest", "worker", "sinks", "latency", "formats"))
     parser.add_argument("--broker-kind", default="kafka", choices=devbroker.KINDS)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
@@ -276,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [kind.strip() for kind in args.sinks.split(",") if kind.strip()]
     if unknown := [kind for kind in kinds if kind not in sinks.SINKS]:
         parser.error(f"--sinks: unknown {', '.join(unknown)}; known: {', '.join(sinks.SINKS)}")
+    latency_kinds = [kind.strip() for kind in args.latency_sinks.split(",") if kind.strip()]
+    if unknown := [kind for kind in latency_kinds if kind not in latency.KINDS]:
+        parser.error(
+            f"--latency-sinks: unknown {', '.join(unknown)}; known: {', '.join(latency.KINDS)}"
+        )
+    batchings: list[float | None] = [None]
+    batchings += [float(v) for v in args.latency_batch_seconds.split(",") if v.strip()]
     # aiokafka logs the retries it handles itself (leaders of just-created topics, the offsets
     # topic being created); a real failure still ends the run with an exception.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -324,6 +344,18 @@ def main(argv: list[str] | None = None) -> int:
                 kinds=kinds,
                 log=_log,
             )
+        if args.only in (None, "latency"):
+            rows += latency.bench_latency(
+                bootstrap,
+                prefix,
+                work,
+                kinds=latency_kinds,
+                rate=args.latency_rate,
+                seconds=args.latency_seconds,
+                warmup=args.latency_warmup,
+                batch_seconds=batchings,
+                log=_log,
+            )
         if args.only is None:
             _log("formats: every encoder over the sample corpus")
             rows += bench_formats()
@@ -355,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         info.append(
             f"sinks: {args.sink_events} events, {worker.PARTITIONS} partitions, median of "
             f"{args.sink_rounds} round(s); ratio to the raw read; CPU in cores over the delivery"
+        )
+    if args.only in (None, "latency"):
+        info.append(
+            f"latency: {args.latency_rate:g} webhooks/s, {args.latency_warmup:g} s warm-up, "
+            f"{args.latency_seconds:g} s measured, every sink on one worker (realtime dedupe); "
+            "202 answer -> the receiver holds the event; one run per batching; "
+            "ratio of p99 to the events topic's"
         )
     if args.only is None:
         info.append("formats: sample corpus, median of 5 rounds x 0.5 s; ratio to orjson.dumps")
