@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,9 @@ DATASET = "aha.audit"
 _IAM_TYPES = frozenset({"user", "role", "permission", "account_user", "project_user", "user_role"})
 _ACTION_TYPES = {"create": "creation", "update": "change", "destroy": "deletion"}
 _ARROW = "\u2192"
+
+INVALID_RECEIVED_AT_TAG = "aha_siem_invalid_received_at"
+"""Added to an event whose raw record's `received-at` header was not a time (it is left out)."""
 # Names under `aha` the event itself uses; another event type's payload never goes there.
 _AHA_KEYS = frozenset({"event", "audit", "ingest", "collation"})
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_-]")
@@ -186,13 +189,18 @@ def normalize(
     event = doc["event"]
     if original is not None:
         event["original"] = original.decode("utf-8", "replace")
-    timestamp = _timestamp(inner.get("created_at")) or provenance.received_at or now
+    # The header comes from whoever wrote the raw record: a time that is not one is left out
+    # (tagged), or the event would be refused where @timestamp and received_at are dates.
+    received_at = _timestamp(provenance.received_at)
+    timestamp = _timestamp(inner.get("created_at")) or received_at or now
     if event_type == "audit":
         _audit(doc, inner)
     else:
         _generic(doc, event_type, inner)
     doc["@timestamp"] = timestamp
-    doc["aha"]["ingest"] = _ingest_info(provenance)
+    doc["aha"]["ingest"] = _ingest_info(replace(provenance, received_at=received_at))
+    if provenance.received_at and received_at is None:
+        doc["tags"] = [*doc.get("tags", ()), INVALID_RECEIVED_AT_TAG]
     return doc
 
 

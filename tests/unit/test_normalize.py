@@ -264,3 +264,31 @@ def test_timestamp_is_normalized_or_falls_back_to_arrival(
         now=NOW,
     )
     assert doc["@timestamp"] == timestamp
+
+
+@pytest.mark.parametrize("header", ["yesterday", "2026-13-45T99:00:00Z", "1764806400", "\u0000"])
+def test_a_received_at_header_that_is_no_time_is_left_out_and_tagged(header: str) -> None:
+    from dataclasses import replace
+
+    raw = (SAMPLES / "feature_create.json").read_bytes()
+    body = orjson.loads(raw)
+    body["audit"].pop("created_at")
+    event = normalize(body, replace(provenance_for(raw), received_at=header), now=NOW)
+    assert "received_at" not in event["aha"]["ingest"]
+    assert event["@timestamp"] == NOW
+    assert event["tags"] == ["aha_siem_invalid_received_at"]
+
+
+def test_a_received_at_header_that_is_a_time_dates_an_event_without_created_at() -> None:
+    from dataclasses import replace
+
+    raw = (SAMPLES / "feature_create.json").read_bytes()
+    body = orjson.loads(raw)
+    body["audit"].pop("created_at")
+    event = normalize(
+        body, replace(provenance_for(raw), received_at="2026-12-03T10:00:00.5+00:00"), now=NOW
+    )
+    assert (
+        event["@timestamp"] == event["aha"]["ingest"]["received_at"] == "2026-12-03T10:00:00.500Z"
+    )
+    assert "tags" not in event
