@@ -134,7 +134,7 @@ class SinkError(Exception):
         self,
         message: str,
         *,
-        retriable: bool,
+        retriable: bool = True,
         retry_after: float | None = None,
         reason: str | None = None,
         failure: Failure | None = None,

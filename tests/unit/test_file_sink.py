@@ -6,7 +6,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from forwarder.sinks import SinkError, create_sink
+from forwarder.failures import Failure
+from forwarder.sinks import create_sink
+from forwarder.sinks.base import Retry
 from forwarder.sinks.file import FileSink
 from forwarder.sinks.file.config import FileSinkConfig
 
@@ -50,9 +52,9 @@ async def test_failed_write_leaves_no_torn_line_and_is_retriable(tmp_path: Path)
             self.real.close()
 
     sink._file = FailingFile(sink._file)  # type: ignore[assignment]
-    with pytest.raises(SinkError) as raised:
-        await sink.send_batch([b'{"lost":2}'])
-    assert raised.value.retriable
+    result = await sink.send_batch([b'{"lost":2}'])
+    assert isinstance(result.whole, Retry) and result.whole.failure is Failure.TRANSIENT
+    assert "No space left on device" in result.whole.reason
     assert path.read_bytes() == b'{"kept":1}\n'
     await sink.send_batch([b'{"retried":2}'])
     await sink.close()

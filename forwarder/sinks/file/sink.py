@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from forwarder.sinks.base import SinkError
+from forwarder.sinks.base import DELIVERED, BatchResult, Retry, SinkError
 from forwarder.sinks.file.config import FileSinkConfig
 
 log = logging.getLogger("forwarder.sinks.file")
@@ -41,20 +41,18 @@ class FileSink:
         try:
             await asyncio.to_thread(self._open if self._file is None else lambda: None)
         except OSError as error:
-            raise SinkError(
-                f"cannot open {self._config.path}: {error.strerror}", retriable=True
-            ) from None
+            raise SinkError(f"cannot open {self._config.path}: {error.strerror}") from None
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Append the batch; with fsync on, return only once it is on disk."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """Append the batch; with fsync on, delivered only once it is on disk."""
         # orjson never writes a raw newline inside a document, so one event is one line.
         payload = b"".join(event + b"\n" for event in events)
         try:
             await asyncio.to_thread(self._write, payload)
         except OSError as error:
-            raise SinkError(
-                f"cannot write {self._config.path}: {error.strerror}", retriable=True
-            ) from None
+            # A full or read-only disk, a folder removed: an operator or time fixes it.
+            return BatchResult.of(Retry(f"cannot write {self._config.path}: {error.strerror}"))
+        return DELIVERED
 
     def _write(self, payload: bytes) -> None:
         if self._file is None:

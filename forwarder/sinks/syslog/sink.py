@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from forwarder.sinks.base import PartialFailure, raise_for
+from forwarder.sinks.base import DELIVERED, BatchResult, Reject, Retry, SinkError, Verdict
 from forwarder.sinks.syslog.config import SyslogSinkConfig
 from forwarder.sinks.syslog.framing import Framing, frame_batch
 from forwarder.sinks.syslog.retry import classify
@@ -53,7 +53,7 @@ class SyslogSink:
             try:
                 self._tls_context()
             except OSError as error:
-                raise_for(classify(error), self._where)
+                raise SinkError(f"{self._where}: {classify(error).reason}") from None
 
     async def healthcheck(self) -> None:
         """Open the connection (TCP, TLS) or resolve the receiver's address (UDP)."""
@@ -64,10 +64,14 @@ class SyslogSink:
                     raise connection.pending_error
             except OSError as error:
                 await self._drop()
-                raise_for(classify(error), self._where)
+                raise SinkError(f"{self._where}: {classify(error).reason}") from None
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Send every message in order; return once all were written and drained."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """Send every message in order; delivered once all were written and drained.
+
+        A message the receiver can never take (over `max_message_bytes`, an LF under
+        non-transparent framing) is rejected alone; the others are sent.
+        """
         framed = frame_batch(
             events, self._framing, self._config.max_message_bytes, self._config.oversize
         )
@@ -80,6 +84,9 @@ class SyslogSink:
                     "max_message_bytes": self._config.max_message_bytes,
                 },
             )
+        verdicts: dict[int, Verdict] = {
+            index: Reject(reason) for index, reason in framed.rejected.items()
+        }
         if framed.frames:
             async with self._lock:
                 try:
@@ -91,23 +98,16 @@ class SyslogSink:
                 except OSError as error:
                     # What was written may or may not have arrived: the whole batch is sent again.
                     await self._drop()
-                    verdict = classify(error)
+                    reason = classify(error).reason
                     log.warning(
                         "syslog send failed",
-                        extra={"sink": self.name, "where": self._where, "error": verdict.reason},
+                        extra={"sink": self.name, "where": self._where, "error": reason},
                     )
-                    if framed.rejected:
-                        raise PartialFailure(
-                            f"{self._where}: {verdict.reason}",
-                            retry=framed.indexes,
-                            rejected=framed.rejected,
-                        ) from None
-                    raise_for(verdict, self._where)
-        if framed.rejected:
-            raise PartialFailure(
-                f"{self._where}: {len(framed.rejected)} of {len(events)} messages refused",
-                rejected=framed.rejected,
-            )
+                    failed = Retry(f"{self._where}: {reason}")
+                    if not verdicts:
+                        return BatchResult.of(failed)
+                    verdicts.update(dict.fromkeys(framed.indexes, failed))
+        return BatchResult.each(verdicts) if verdicts else DELIVERED
 
     async def close(self) -> None:
         """Close the connection."""
