@@ -8,6 +8,7 @@ found too large (docs/decisions/0010-sink-failures.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -115,6 +116,13 @@ class BatchResult:
 
 DELIVERED = BatchResult()
 """The result of a batch the destination took whole."""
+
+
+def about(verdict: Verdict, where: str) -> Verdict:
+    """The verdict with `where` (the request, the destination) leading its reason."""
+    if isinstance(verdict, Ok):
+        return verdict
+    return dataclasses.replace(verdict, reason=f"{where}: {verdict.reason}")
 
 
 # Migration (docs/decisions/0010): the exceptions of sinks that do not return verdicts yet.

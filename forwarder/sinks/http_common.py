@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.config import HttpClientConfig
 
 if TYPE_CHECKING:
@@ -62,7 +62,8 @@ _DESTINATION_STATUSES = frozenset({401, 403, 404, 405, 407, 421})
 
 def classify_status(status: int, headers: Mapping[str, str], body: str = "") -> Verdict:
     """The common HTTP rule: 2xx ok; 408, 425, 429 and 5xx retry; redirects (not followed) and
-    401, 403, 404, 405, 407, 421 retry as the destination's configuration; other 4xx reject."""
+    401, 403, 404, 405, 407, 421 retry as the destination's configuration; 413 is too large (the
+    framework halves the request); other 4xx reject."""
     if 200 <= status < 300:
         return Ok()
     detail = f"HTTP {status}" + (f": {body[:300]}" if body else "")
@@ -71,6 +72,8 @@ def classify_status(status: int, headers: Mapping[str, str], body: str = "") -> 
     if 300 <= status < 400 or status in _DESTINATION_STATUSES:
         hint = " (check the sink's url, credentials and proxy)"
         return Retry(detail + hint, retry_after(headers), failure=Failure.DESTINATION)
+    if status == 413:
+        return TooLarge(detail)
     return Reject(detail)
 
 

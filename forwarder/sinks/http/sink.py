@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from forwarder.sinks.base import SinkError, raise_for
+from forwarder.sinks.base import DELIVERED, BatchResult, Ok, Retry, SinkError, about
 from forwarder.sinks.http.config import BasicAuth, BearerAuth, HeaderAuth, HttpSinkConfig
 from forwarder.sinks.http.retry import classify
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
@@ -81,20 +81,16 @@ class HttpSink:
         try:
             response = await client.get(url, headers=secret_headers, auth=auth)
         except httpx.HTTPError as error:
-            raise SinkError(
-                f"health check of {_where(url)} failed: {classify_exception(error)}",
-                retriable=True,
-            ) from None
+            reason = classify_exception(error)
+            detail = reason.reason if isinstance(reason, Retry) else type(error).__name__
+            raise SinkError(f"health check of {_where(url)} failed: {detail}") from None
         if not 200 <= response.status_code < 300:
-            raise SinkError(
-                f"health check of {_where(url)} answered HTTP {response.status_code}",
-                retriable=True,
-            )
+            raise SinkError(f"health check of {_where(url)} answered HTTP {response.status_code}")
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """One request for the batch; returns once the receiver answered 2xx."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """One request for the batch: the receiver takes or refuses it whole."""
         if not events:
-            return
+            return DELIVERED
         client = await self._started()
         body = encode_body(events, self._config.encoding)
         if self._config.gzip:
@@ -110,19 +106,20 @@ class HttpSink:
                 auth=auth,
             )
         except httpx.HTTPError as error:
-            raise_for(classify_exception(error), action)
-            raise  # pragma: no cover - classify_exception never says Ok
+            return BatchResult.of(about(classify_exception(error), action))
         verdict = classify(
             response.status_code,
             response.headers,
             response.text,
             self._config.retry_statuses,
         )
-        raise_for(verdict, action)
-        log.debug(
-            "batch delivered",
-            extra={"sink": self.name, "events": len(events), "status": response.status_code},
-        )
+        if isinstance(verdict, Ok):
+            log.debug(
+                "batch delivered",
+                extra={"sink": self.name, "events": len(events), "status": response.status_code},
+            )
+            return DELIVERED
+        return BatchResult.of(about(verdict, action))
 
     async def _started(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -17,7 +17,7 @@ from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks import create_sink
-from forwarder.sinks.base import SinkError, deliver
+from forwarder.sinks.base import BatchResult, Reject, Retry, SinkError, TooLarge, Verdict, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.http.config import HttpSinkConfig
 from forwarder.sinks.http.sink import HttpSink
@@ -37,6 +37,12 @@ def make_sink(url: str, **options: Any) -> HttpSink:
     sink = create_sink(HttpSinkConfig(type="http", name="generic", url=url, **options))
     assert isinstance(sink, HttpSink)
     return sink
+
+
+def whole(result: BatchResult) -> Verdict:
+    """The one verdict on a batch (the receiver takes or refuses a request whole)."""
+    assert not result.items
+    return result.whole
 
 
 def prepared(sink: HttpSink, format_name: str = "ecs") -> list[bytes]:
@@ -62,7 +68,7 @@ async def test_ndjson_batch_arrives_as_lines_with_bearer_and_headers(
         headers={"X-Source": "aha"},
     )
     await sink.start()
-    await sink.send_batch(prepared(sink))
+    assert (await sink.send_batch(prepared(sink))).delivered
     await sink.close()
     [request] = app.accepted()
     assert request.method == "POST"
@@ -76,7 +82,7 @@ async def test_json_array_gzipped_with_put(receiver: tuple[HttpReceiver, str]) -
     app, url = receiver
     sink = make_sink(url, encoding="json", gzip=True, method="PUT", format="ocsf")
     await sink.start()
-    await sink.send_batch(prepared(sink, "ocsf"))
+    assert (await sink.send_batch(prepared(sink, "ocsf"))).delivered
     await sink.close()
     [request] = app.accepted()
     assert request.method == "PUT"
@@ -91,7 +97,7 @@ async def test_cef_goes_as_text_lines(receiver: tuple[HttpReceiver, str]) -> Non
     app, url = receiver
     sink = make_sink(url, format="cef", headers={"Content-Type": "text/plain"})
     await sink.start()
-    await sink.send_batch(prepared(sink, "cef"))
+    assert (await sink.send_batch(prepared(sink, "cef"))).delivered
     await sink.close()
     [request] = app.accepted()
     assert request.headers["content-type"] == "text/plain"
@@ -106,42 +112,41 @@ async def test_basic_auth_and_a_wrong_password_keeps_the_events_waiting(
     app, url = receiver
     app.authorization = "Basic " + base64.b64encode(b"forwarder:s3cret-pw").decode()
     good = make_sink(url, auth={"type": "basic", "username": "forwarder", "password": "s3cret-pw"})
-    await good.send_batch(prepared(good))
+    assert (await good.send_batch(prepared(good))).delivered
     await good.close()
     assert len(app.accepted_events()) == 3
 
     bad = make_sink(url, auth={"type": "basic", "username": "forwarder", "password": "wrong-pw"})
-    with pytest.raises(SinkError) as raised:
-        await bad.send_batch(prepared(bad))
+    refused = whole(await bad.send_batch(prepared(bad)))
     await bad.close()
     # A credential problem is the destination's, not the events': they wait for an operator.
-    assert raised.value.retriable
-    assert raised.value.failure is Failure.DESTINATION
-    assert "HTTP 401" in str(raised.value)
-    assert "wrong-pw" not in str(raised.value)
+    assert isinstance(refused, Retry)
+    assert refused.failure is Failure.DESTINATION
+    assert "HTTP 401" in refused.reason
+    assert "wrong-pw" not in refused.reason
     assert len(app.accepted_events()) == 3
 
 
 async def test_secret_header_auth(receiver: tuple[HttpReceiver, str]) -> None:
     app, url = receiver
     sink = make_sink(url, auth={"type": "header", "name": "X-API-Key", "value": TOKEN})
-    await sink.send_batch(prepared(sink))
+    assert (await sink.send_batch(prepared(sink))).delivered
     await sink.close()
     [request] = app.accepted()
     assert request.headers["x-api-key"] == TOKEN
 
 
 @pytest.mark.parametrize(
-    ("status", "retry_after", "retry_statuses", "retriable", "after"),
+    ("status", "retry_after", "retry_statuses", "kind", "after"),
     [
-        (500, None, (), True, None),
-        (503, "7", (), True, 7.0),
-        (429, "7", (), True, 7.0),
-        (408, None, (), True, None),
-        (400, None, (), False, None),
-        (413, None, (), False, None),
-        (404, None, (), True, None),  # the URL is wrong: the events wait for an operator
-        (404, "3", (404,), True, 3.0),
+        (500, None, (), Retry, None),
+        (503, "7", (), Retry, 7.0),
+        (429, "7", (), Retry, 7.0),
+        (408, None, (), Retry, None),
+        (400, None, (), Reject, None),
+        (413, None, (), TooLarge, None),  # the framework halves the batch
+        (404, None, (), Retry, None),  # the URL is wrong: the events wait for an operator
+        (404, "3", (404,), Retry, 3.0),
     ],
 )
 async def test_status_mapping(
@@ -149,20 +154,19 @@ async def test_status_mapping(
     status: int,
     retry_after: str | None,
     retry_statuses: tuple[int, ...],
-    retriable: bool,
+    kind: type[Verdict],
     after: float | None,
 ) -> None:
     app, url = receiver
     app.statuses.append(status)
     app.retry_after = retry_after
     sink = make_sink(url, retry_statuses=retry_statuses)
-    with pytest.raises(SinkError) as raised:
-        await sink.send_batch(prepared(sink))
-    assert raised.value.retriable is retriable
-    assert raised.value.retry_after == after
-    assert f"HTTP {status}" in str(raised.value)
+    verdict = whole(await sink.send_batch(prepared(sink)))
+    assert isinstance(verdict, kind)
+    assert (verdict.after if isinstance(verdict, Retry) else None) == after
+    assert isinstance(verdict, Retry | Reject | TooLarge) and f"HTTP {status}" in verdict.reason
     # The next request is answered 200: the same batch goes through.
-    await sink.send_batch(prepared(sink))
+    assert (await sink.send_batch(prepared(sink))).delivered
     await sink.close()
     assert len(app.accepted_events()) == 3
 
@@ -173,11 +177,11 @@ async def test_the_token_in_the_url_path_stays_out_of_errors(
     app, url = receiver
     app.default_status = 503
     sink = make_sink(f"{url}/receiver/v1/http/{TOKEN}")
-    with pytest.raises(SinkError) as raised:
-        await sink.send_batch(prepared(sink))
+    verdict = whole(await sink.send_batch(prepared(sink)))
     await sink.close()
-    assert TOKEN not in str(raised.value)
-    assert url in str(raised.value)
+    assert isinstance(verdict, Retry)
+    assert TOKEN not in verdict.reason
+    assert url in verdict.reason
 
 
 async def test_slow_receiver_times_out_retriably(receiver: tuple[HttpReceiver, str]) -> None:
@@ -185,11 +189,10 @@ async def test_slow_receiver_times_out_retriably(receiver: tuple[HttpReceiver, s
     app.delay_seconds = 2.0
     sink = make_sink(url, http={"timeout_seconds": 0.3})
     started = time.monotonic()
-    with pytest.raises(SinkError) as raised:
-        await sink.send_batch(prepared(sink))
+    verdict = whole(await sink.send_batch(prepared(sink)))
     await sink.close()
-    assert raised.value.retriable
-    assert "Timeout" in str(raised.value)
+    assert isinstance(verdict, Retry)
+    assert "Timeout" in verdict.reason
     assert time.monotonic() - started < 1.5
 
 
@@ -197,11 +200,10 @@ async def test_nothing_listening_is_retriable() -> None:
     with AsgiServer(HttpReceiver()) as server:
         url = server.url
     sink = make_sink(url)
-    with pytest.raises(SinkError) as raised:
-        await sink.send_batch(prepared(sink))
+    verdict = whole(await sink.send_batch(prepared(sink)))
     await sink.close()
-    assert raised.value.retriable
-    assert "ConnectError" in str(raised.value)
+    assert isinstance(verdict, Retry)
+    assert "ConnectError" in verdict.reason
 
 
 async def test_deliver_retries_until_the_receiver_takes_the_batch(
@@ -225,6 +227,22 @@ async def test_deliver_retries_until_the_receiver_takes_the_batch(
     assert registry.get_sample_value("aha_siem_sink_retries_total", {"sink": "generic"}) == 2
 
 
+async def test_a_413_sends_the_batch_again_in_halves_and_a_lone_event_refused_goes_to_the_dlq(
+    receiver: tuple[HttpReceiver, str],
+) -> None:
+    app, url = receiver
+    # The whole batch, then its first half (one event) are too large; the rest fits.
+    app.statuses.extend([413, 413])
+    sink = make_sink(url)
+    outcome = await deliver(sink, prepared(sink), SinkMetrics(CollectorRegistry()), RetryConfig())
+    await sink.close()
+    assert [len(request.events()) for request in app.requests] == [3, 1, 2]
+    assert sorted(outcome.delivered) == [1, 2] and outcome.attempts == 1
+    assert outcome.rejected[0].startswith("too large for the destination, even alone: POST ")
+    assert "HTTP 413" in outcome.rejected[0]
+    assert app.accepted_events() == docs()[1:]
+
+
 async def test_healthcheck(receiver: tuple[HttpReceiver, str]) -> None:
     app, url = receiver
     app.authorization = f"Bearer {TOKEN}"
@@ -233,9 +251,8 @@ async def test_healthcheck(receiver: tuple[HttpReceiver, str]) -> None:
     await sink.healthcheck()
     assert app.health_checks == 1
     app.health_status = 503
-    with pytest.raises(SinkError, match="HTTP 503") as raised:
+    with pytest.raises(SinkError, match="HTTP 503"):
         await sink.healthcheck()
-    assert raised.value.retriable
     await sink.close()
 
     unchecked = make_sink(url)
@@ -258,13 +275,12 @@ async def test_over_tls_with_a_private_ca(tmp_path: Path) -> None:
     with AsgiServer(app, certfile=certfile, keyfile=keyfile) as server:
         assert server.url.startswith("https://")
         trusting = make_sink(server.url, http={"tls": {"ca_file": str(ca_file)}})
-        await trusting.send_batch(prepared(trusting))
+        assert (await trusting.send_batch(prepared(trusting))).delivered
         await trusting.close()
 
         stranger = make_sink(server.url)
-        with pytest.raises(SinkError) as raised:
-            await stranger.send_batch(prepared(stranger))
+        refused = whole(await stranger.send_batch(prepared(stranger)))
         await stranger.close()
-    assert raised.value.retriable
-    assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value)
+    assert isinstance(refused, Retry)
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.reason
     assert app.accepted_events() == docs()

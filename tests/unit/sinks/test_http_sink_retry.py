@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.http.retry import classify
 
 
@@ -42,7 +42,7 @@ from forwarder.sinks.http.retry import classify
                 Failure.DESTINATION,
             ),
         ),
-        (413, {"retry-after": "5"}, (), Reject("HTTP 413: boom")),
+        (413, {"retry-after": "5"}, (), TooLarge("HTTP 413: boom")),
         (
             404,
             {},
