@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_detections_parser(commands)
 
+    from forwarder.siem.cli import add_parser as add_siem_parser
+
+    add_siem_parser(commands, _config_arg)
+
     from forwarder.formats import format_names
 
     render = commands.add_parser(

@@ -1,4 +1,6 @@
-"""A fake Elasticsearch / OpenSearch cluster: `GET /`, `_cluster/health` and `_bulk`.
+"""A fake Elasticsearch / OpenSearch cluster: `GET /`, `_cluster/health`, `_bulk`, and the
+`PUT`/`GET` of ingest pipelines (`_ingest/pipeline/<id>`) and index templates
+(`_index_template/<name>`).
 
 Faithful to the bulk API where the sink depends on it: NDJSON action/source pairs ending in a
 newline, `create` failing with a 409 item when the `_id` exists in that index, data streams
@@ -6,6 +8,10 @@ taking only `create` and only documents with `@timestamp`, per-item errors in re
 `errors` true when any item failed, security errors as Elasticsearch words them. Switches make
 chosen items or whole requests fail, answers slow, and `_bulk` answers abbreviated or garbled
 the way some Elasticsearch-compatible endpoints answer.
+
+Pipelines and templates are checked as the APIs document (a pipeline needs `processors`, each
+processor one known type; a template needs `index_patterns`), stored, and answered
+`{"acknowledged": true}`; a PUT replaces what was there. They are not applied to `_bulk`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,17 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _ACTIONS = ("index", "create", "update", "delete")
+
+# Processor types both Elasticsearch and OpenSearch document.
+PROCESSORS = frozenset(
+    {
+        "append", "bytes", "convert", "csv", "date", "date_index_name", "dissect",
+        "dot_expander", "drop", "fail", "foreach", "grok", "gsub", "html_strip", "join", "json",
+        "kv", "lowercase", "pipeline", "remove", "rename", "script", "set", "sort", "split",
+        "trim", "uppercase", "urldecode", "user_agent",
+    }
+)  # fmt: skip
+_PIPELINE_KEYS = frozenset({"description", "processors", "on_failure", "version", "_meta"})
 
 BulkAnswer = Literal["errors_false_empty", "errors_false_fewer", "errors_true_fewer", "not_json"]
 """How `mangle_bulk_answers` changes a `_bulk` answer (the work itself is done as usual):
@@ -87,6 +104,14 @@ class FakeElasticsearch:
     """Larger bodies get a 413 (Elasticsearch's http.max_content_length, or a proxy's limit)."""
     delay_seconds: float = 0.0
     """Wait this long before answering any request."""
+    manage_forbidden: bool = False
+    """Answer 403 to the PUT of pipelines and templates, as for a key without the cluster
+    privileges manage_pipeline and manage_index_templates."""
+
+    pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Ingest pipelines by id, as last PUT."""
+    index_templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Composable index templates by name, as last PUT."""
 
     documents: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """index -> _id -> source of every document created."""
@@ -198,6 +223,16 @@ class FakeElasticsearch:
             return 200, {"cluster_name": "fake", "status": "green", "timed_out": False}, {}
         if request.method in ("POST", "PUT") and (path == "/_bulk" or path.endswith("/_bulk")):
             return self._bulk(request)
+        for prefix, store, put in (
+            ("/_ingest/pipeline/", self.pipelines, self._put_pipeline),
+            ("/_index_template/", self.index_templates, self._put_template),
+        ):
+            name = path[len(prefix) :] if path.startswith(prefix) else ""
+            if name and "/" not in name:
+                if request.method == "PUT":
+                    return put(name, request.body)
+                if request.method == "GET":
+                    return self._get(prefix, name, store)
         return (
             400,
             _error(
@@ -314,6 +349,65 @@ class FakeElasticsearch:
             items.append({action: self._item(action, meta, source_line)})
         errors = any("error" in next(iter(item.values())) for item in items)
         return 200, self._mangled({"took": 3, "errors": errors, "items": items}), {}
+
+    def _forbidden(self, action: str) -> tuple[int, Any, dict[str, str]]:
+        reason = f"action [{action}] is unauthorized for API key id [aha] of user [forwarder]"
+        return 403, _error(403, "security_exception", reason), {}
+
+    def _put_pipeline(self, name: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if self.manage_forbidden:
+            return self._forbidden("cluster:admin/ingest/pipeline/put")
+        try:
+            pipeline = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 400, _error(400, "parse_exception", "request body is required"), {}
+        if not isinstance(pipeline, dict) or "processors" not in pipeline:
+            return (
+                400,
+                _error(400, "parse_exception", "[processors] required property is missing"),
+                {},
+            )
+        unknown = sorted(set(pipeline) - _PIPELINE_KEYS)
+        if unknown:
+            reason = (
+                f"pipeline [{name}] doesn't support one or more provided configuration "
+                f"parameters {unknown}"
+            )
+            return 400, _error(400, "parse_exception", reason), {}
+        for processor in [*pipeline["processors"], *(pipeline.get("on_failure") or [])]:
+            kind = next(iter(processor), "") if isinstance(processor, dict) else ""
+            if not isinstance(processor, dict) or len(processor) != 1 or kind not in PROCESSORS:
+                reason = f"No processor type exists with name [{kind}]"
+                return 400, _error(400, "parse_exception", reason), {}
+        with self._lock:
+            self.pipelines[name] = pipeline
+        return 200, {"acknowledged": True}, {}
+
+    def _put_template(self, name: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if self.manage_forbidden:
+            return self._forbidden("indices:admin/index_template/put")
+        try:
+            template = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 400, _error(400, "parse_exception", "request body is required"), {}
+        if not isinstance(template, dict) or not template.get("index_patterns"):
+            reason = "Validation Failed: 1: index patterns are missing;"
+            return 400, _error(400, "action_request_validation_exception", reason), {}
+        with self._lock:
+            self.index_templates[name] = template
+        return 200, {"acknowledged": True}, {}
+
+    def _get(
+        self, prefix: str, name: str, store: dict[str, dict[str, Any]]
+    ) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            found = store.get(name)
+        if prefix == "/_ingest/pipeline/":
+            return (200, {name: found}, {}) if found is not None else (404, {}, {})
+        if found is None:
+            reason = f"index template matching [{name}] not found"
+            return 404, _error(404, "resource_not_found_exception", reason), {}
+        return 200, {"index_templates": [{"name": name, "index_template": found}]}, {}
 
     def _mangled(self, answer: dict[str, Any]) -> Any:
         with self._lock:
