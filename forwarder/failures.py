@@ -45,11 +45,12 @@ _CLIENT_BROKEN: tuple[type[BaseException], ...] = (
     kafka_errors.ProducerClosed,
 )
 
-# Larger than the producer's max_request_size or the topic's max.message.bytes.
-TOO_LARGE: tuple[type[BaseException], ...] = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.RecordTooLargeError,
+# Larger than the producer's max_request_size or the topic's max.message.bytes (a record, or the
+# batch of records it went in: RecordListTooLargeError, error 18). Named by what the installed
+# aiokafka defines, so that a release without one of them still imports.
+TOO_LARGE_NAMES = ("MessageSizeTooLargeError", "RecordListTooLargeError", "RecordTooLargeError")
+TOO_LARGE: tuple[type[BaseException], ...] = tuple(
+    getattr(kafka_errors, name) for name in TOO_LARGE_NAMES if hasattr(kafka_errors, name)
 )
 
 # The broker refuses this record whatever is retried: its size, its topic name, its bytes.

@@ -6,13 +6,12 @@ import asyncio
 
 from aiokafka import errors
 
+from forwarder.failures import TOO_LARGE as TOO_LARGE_ERRORS
 from forwarder.failures import Failure, classify_kafka
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 
 TOO_LARGE = "record too large"
 
-# Raised for the record itself: it can never be taken as it is.
-TOO_LARGE_ERRORS = (errors.MessageSizeTooLargeError, errors.RecordTooLargeError)
 # Not flagged retriable by aiokafka, yet they say "not now", not "never": no acknowledgement in
 # time (a broker down, a topic without a leader) or a producer being restarted.
 _TRANSIENT = (errors.KafkaTimeoutError, errors.ProducerClosed, asyncio.TimeoutError)
@@ -27,14 +26,16 @@ PRODUCER_STATE = (
 
 
 def classify(error: BaseException | None) -> Verdict:
-    """The failure taxonomy (forwarder.failures) for one produce: reject a record Kafka refuses
-    for good; retry the rest, authorization as a destination failure, an unknown broker error
-    a bounded number of times (with a new producer each time)."""
+    """The failure taxonomy (forwarder.failures) for one produce: too large (the framework sends
+    it again alone, then to the DLQ: the broker judges a whole batch of records, so an oversized
+    one fails its neighbours in the same partition too), reject a record Kafka refuses for
+    good; retry the rest, authorization as a destination failure, an unknown broker error a
+    bounded number of times (with a new producer each time)."""
     if error is None:
         return Ok()
     detail = _describe(error)
     if isinstance(error, TOO_LARGE_ERRORS):
-        return Reject(f"{TOO_LARGE} ({detail})")
+        return TooLarge(f"{TOO_LARGE} ({detail})")
     if isinstance(error, _TRANSIENT + PRODUCER_STATE):
         return Retry(detail)
     if isinstance(error, errors.KafkaError) and not error.retriable:

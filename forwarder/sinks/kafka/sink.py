@@ -13,10 +13,19 @@ from aiokafka import AIOKafkaProducer
 
 from forwarder.aiokafka_compat import abandon_producer
 from forwarder.failures import Failure
-from forwarder.sinks.base import PartialFailure, Reject, Retry, SinkError
+from forwarder.sinks.base import (
+    DELIVERED,
+    BatchResult,
+    Reject,
+    Retry,
+    SinkError,
+    TooLarge,
+    Verdict,
+    about,
+)
 from forwarder.sinks.kafka.config import KafkaSinkConfig
 from forwarder.sinks.kafka.keys import message_key
-from forwarder.sinks.kafka.retry import PRODUCER_STATE, TOO_LARGE_ERRORS, classify
+from forwarder.sinks.kafka.retry import PRODUCER_STATE, classify
 
 log = logging.getLogger("forwarder.sinks.kafka")
 
@@ -82,7 +91,7 @@ class KafkaSink:
         )
 
     async def start(self) -> None:
-        """Connect to the cluster; raises a retriable SinkError when it cannot be reached."""
+        """Connect to the cluster; raises SinkError when it cannot be reached."""
         if self._producer is not None:
             return
         producer = self._new_producer()
@@ -91,8 +100,7 @@ class KafkaSink:
         except Exception as error:
             await producer.stop()
             raise SinkError(
-                f"cannot connect to Kafka at {self._bootstrap}: {type(error).__name__}: {error}",
-                retriable=True,
+                f"cannot connect to Kafka at {self._bootstrap}: {type(error).__name__}: {error}"
             ) from None
         self._producer = producer
         log.info(
@@ -109,48 +117,43 @@ class KafkaSink:
             )
         except Exception as error:
             raise SinkError(
-                f"topic {self._config.topic} is not available: {type(error).__name__}",
-                retriable=True,
+                f"topic {self._config.topic} is not available: {type(error).__name__}"
             ) from None
         if not partitions:
-            raise SinkError(f"topic {self._config.topic} has no partitions", retriable=True)
+            raise SinkError(f"topic {self._config.topic} has no partitions")
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Produce every event; return when all are acknowledged, else name the failed ones."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """Produce every event once and wait for each acknowledgement; name the failed ones.
+
+        An event too large is reported `TooLarge`: the broker judges a whole batch of messages,
+        so one oversized event fails its neighbours in the same partition too, and the framework
+        sends them again apart to see which one is to blame.
+        """
         if not events:
-            return
-        failures = await self._produce(range(len(events)), events)
-        too_large = [
-            index for index, error in failures.items() if isinstance(error, TOO_LARGE_ERRORS)
-        ]
-        if len(too_large) > 1:
-            # The broker judges a whole batch of messages: one oversized event fails its
-            # neighbours in the same partition too. Alone, each one shows whether it is to blame.
-            for index in too_large:
-                failures.update(await self._produce([index], events))
-        stale = [index for index, error in failures.items() if isinstance(error, PRODUCER_STATE)]
-        if stale:
-            # These failed only for the old producer's sequence numbers; a new producer is ready.
-            failures.update(await self._produce(stale, events))
-        verdicts = {
-            index: classify(error) for index, error in failures.items() if error is not None
+            return DELIVERED
+        try:
+            failures = await self._produce(range(len(events)), events)
+            stale = [i for i, error in failures.items() if isinstance(error, PRODUCER_STATE)]
+            if stale:
+                # These failed only for the old producer's sequence numbers; a new producer is
+                # ready.
+                failures.update(await self._produce(stale, events))
+        except SinkError as error:
+            # No producer: the cluster cannot be reached (start() said why).
+            return BatchResult.of(Retry(str(error)))
+        where = f"produce to {self._config.topic}"
+        verdicts: dict[int, Verdict] = {
+            index: about(classify(error), where)
+            for index, error in failures.items()
+            if error is not None
         }
         if not verdicts:
-            return
-        retry = sorted(index for index, verdict in verdicts.items() if isinstance(verdict, Retry))
-        rejected = {
-            index: verdict.reason
-            for index, verdict in verdicts.items()
-            if isinstance(verdict, Reject)
-        }
-        reason = next(iter(verdicts.values()))
-        message = (
-            f"produce to {self._config.topic}: {len(verdicts)} of {len(events)} failed: "
-            f"{getattr(reason, 'reason', reason)}"
-        )
-        if len(retry) == len(events):
-            raise SinkError(message, retriable=True)
-        raise PartialFailure(message, retry=retry, rejected=rejected)
+            return DELIVERED
+        first = verdicts[min(verdicts)]
+        if len(verdicts) == len(events) and all(verdict == first for verdict in verdicts.values()):
+            # The cluster is away or refuses the producer: one answer for the whole batch.
+            return BatchResult.of(first)
+        return BatchResult.each(verdicts)
 
     async def _produce(
         self, indexes: Sequence[int], events: Sequence[bytes]
@@ -198,7 +201,8 @@ class KafkaSink:
             return False
         verdict = classify(failure)
         unplaced = isinstance(verdict, Retry) and verdict.failure is Failure.UNRECOGNIZED
-        return isinstance(failure, PRODUCER_STATE) or isinstance(verdict, Reject) or unplaced
+        refused = isinstance(verdict, Reject | TooLarge)
+        return isinstance(failure, PRODUCER_STATE) or refused or unplaced
 
     async def _restart(self) -> None:
         log.info("restarting kafka producer for fresh sequence numbers", extra={"sink": self.name})

@@ -8,8 +8,9 @@ import pytest
 from aiokafka import errors
 from pydantic import ValidationError
 
+from forwarder.failures import TOO_LARGE as TOO_LARGE_ERRORS
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.ids import event_key
 from forwarder.sinks.kafka.config import KafkaSinkConfig
 from forwarder.sinks.kafka.keys import message_key, record_key
@@ -19,8 +20,9 @@ from tests.helpers import SAMPLES, normalized_sample
 
 
 def kind(verdict: Verdict) -> str:
-    if isinstance(verdict, Reject):
-        return "reject-too-large" if verdict.reason.startswith(TOO_LARGE) else "reject"
+    if isinstance(verdict, TooLarge):
+        assert verdict.reason.startswith(TOO_LARGE)
+        return "too-large"
     return type(verdict).__name__.lower()
 
 
@@ -28,8 +30,11 @@ def kind(verdict: Verdict) -> str:
     ("error", "expected"),
     [
         (None, "ok"),
-        (errors.MessageSizeTooLargeError("too big"), "reject-too-large"),
-        (errors.RecordTooLargeError(), "reject-too-large"),
+        # The framework sends it again alone, then to the DLQ (a RECORD failure).
+        (errors.MessageSizeTooLargeError("too big"), "too-large"),
+        (errors.RecordTooLargeError(), "too-large"),
+        # Error 18: the batch of records it went in was too large for the broker.
+        (errors.RecordListTooLargeError(), "too-large"),
         (errors.KafkaTimeoutError(), "retry"),
         (errors.ProducerClosed(), "retry"),
         (TimeoutError(), "retry"),
@@ -69,7 +74,7 @@ def test_retriable_flag_of_aiokafka_is_followed() -> None:
     assert len(kafka_errors) > 50
     for error_type in kafka_errors:
         name = error_type.__name__
-        if issubclass(error_type, (errors.MessageSizeTooLargeError, errors.RecordTooLargeError)):
+        if issubclass(error_type, TOO_LARGE_ERRORS):
             continue
         if error_type in (
             errors.KafkaTimeoutError,
@@ -89,6 +94,17 @@ def test_retriable_flag_of_aiokafka_is_followed() -> None:
             Failure.DESTINATION,
             Failure.UNRECOGNIZED,
         ), name
+
+
+def test_every_too_large_error_of_the_installed_aiokafka_is_too_large() -> None:
+    # Named once in forwarder.failures: the sink, the ingest and the worker agree on them.
+    defined = [getattr(errors, name) for name in dir(errors) if name.endswith("TooLargeError")]
+    record_errors = [error for error in defined if error is not errors.OffsetMetadataTooLargeError]
+    assert set(record_errors) == set(TOO_LARGE_ERRORS)
+    assert errors.RecordListTooLargeError in TOO_LARGE_ERRORS
+    for error_type in record_errors:
+        verdict = classify(error_type())
+        assert isinstance(verdict, TooLarge) and verdict.failure is Failure.RECORD
 
 
 @pytest.mark.parametrize("key", [b"feature:1", b"", None, b"\x00\xff" * 300])
