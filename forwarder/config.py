@@ -226,6 +226,26 @@ class DedupeConfig(_Model):
     before it leaves (what is left stays in the changelog table for the next owner)."""
 
 
+class DetectionsConfig(_Model):
+    enabled: bool = False
+    """Evaluate the Sigma rules on the events topic (a process of the worker's) and produce alerts."""
+    rules_dir: Path | None = None
+    """Folder of Sigma rules (*.yml); default: the checkout's detections/sigma."""
+    alerts_topic: str = "aha.audit.alerts"
+    """Topic of the ECS alerts (`event.kind: alert`); a sink reads it with `input: alerts`."""
+    min_level: Literal["informational", "low", "medium", "high", "critical"] = "low"
+    """Single-event rules below this Sigma level raise no alert (they still feed correlations)."""
+    disabled_rules: tuple[str, ...] = ()
+    """Names of rules that raise no alert of their own."""
+
+    @field_validator("alerts_topic")
+    @classmethod
+    def _legal_topic(cls, value: str) -> str:
+        if not _TOPIC_NAME.match(value):
+            raise ValueError("a Kafka topic name is 1-249 characters of [A-Za-z0-9._-]")
+        return value
+
+
 # One entry per sink type; each sink package owns its config model.
 SinkConfig = Annotated[
     FileSinkConfig
@@ -253,6 +273,8 @@ class Config(_Model):
     """Options of the output formats (CEF severities, LEEF delimiter, syslog framing)."""
     aha: AhaConfig = AhaConfig()
     """Aha! REST API accounts for `aha-siem backfill` and `aha-siem reconcile`."""
+    detections: DetectionsConfig = DetectionsConfig()
+    """Streaming alerts: the Sigma rules on the events, alerts to their own topic."""
 
     @model_validator(mode="after")
     def _body_fits_kafka(self) -> Config:
@@ -272,7 +294,11 @@ class Config(_Model):
     def _unique_sinks(self) -> Config:
         _require_unique("sink", [sink.name for sink in self.sinks])
         own = {self.topics.raw, self.topics.events, self.topics.invalid}
+        if self.detections.enabled:
+            own.add(self.detections.alerts_topic)
         for sink in self.sinks:
+            if sink.input == "alerts" and not self.detections.enabled:
+                raise ValueError(f"sink {sink.name!r}: input alerts needs detections.enabled: true")
             # A Kafka sink writing into the project's own topics on its own cluster would feed the
             # worker its own output, forever.
             if not isinstance(sink, KafkaSinkConfig) or sink.bootstrap_servers is not None:

@@ -42,7 +42,14 @@ def project_topics(config: Config) -> list[str]:
     names += [f"{topics.dlq_prefix}{sink.name}" for sink in config.sinks]
     if config.dedupe.mode != "off":
         names.append(ticks_topic_name(config))
+    if config.detections.enabled:
+        names += [config.detections.alerts_topic, matches_topic_name(config)]
     return names
+
+
+def matches_topic_name(config: Config) -> str:
+    """The detections' internal topic: events a correlation counts, keyed by rule and group."""
+    return f"{config.worker.app_id}-detections-matches"
 
 
 def ticks_topic_name(config: Config) -> str:

@@ -329,3 +329,54 @@ class SinkMetrics:
             ["sink", "reason"],
             registry=registry,
         )
+
+
+class DetectionMetrics:
+    """Metrics of the detections process (streaming alerts); labelled by rule name."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rules = Gauge(
+            "aha_siem_detections_rules",
+            "Sigma rules loaded, by kind (event: single-event rules, correlation).",
+            ["kind"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "aha_siem_detections_events_total",
+            "Events of the events topic evaluated against the rules.",
+            registry=registry,
+        )
+        self.matches = Counter(
+            "aha_siem_detections_matches_total",
+            "Events a single-event rule matched (alerting or not: a correlation's base), by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "aha_siem_detections_alerts_total",
+            "Alerts produced to the alerts topic, by rule id and rule name.",
+            ["rule_id", "rule"],
+            registry=registry,
+        )
+        self.correlated = Counter(
+            "aha_siem_detections_correlation_events_total",
+            "Events a correlation counted or not, by rule and outcome: counted, duplicate "
+            "(redelivered), covered (in the span of an alert already sent), late (older than the "
+            "window), no_group (a group-by field missing).",
+            ["rule", "outcome"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "aha_siem_detections_errors_total",
+            "Events or alerts not evaluated or not produced, by rule (empty: the event itself) "
+            "and reason: decode, evaluate, state, kafka_refused.",
+            ["rule", "reason"],
+            registry=registry,
+        )
+        self.rebalancing = Gauge(
+            "aha_siem_detections_rebalancing",
+            "1 from start-up or the start of a rebalance until the correlation table is "
+            "recovered, else 0.",
+            registry=registry,
+        )
+        self.rebalancing.set(1)

@@ -23,6 +23,40 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--output", type=Path, default=None, help="write one file per rule here (default: stdout)"
     )
     export.set_defaults(func=cmd_export)
+    run = sub.add_parser(
+        "run",
+        help="evaluate the rules on the events topic and produce alerts (the worker starts this "
+        "itself when detections.enabled is true)",
+    )
+    from forwarder.cli import _config_arg
+
+    _config_arg(run)
+    run.add_argument("--metrics-host", default="0.0.0.0", help="address of its /metrics")
+    run.add_argument("--metrics-port", type=int, default=0, help="port of its /metrics (0: none)")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the detections process (its own Faust app and consumer group)."""
+    from forwarder.cli import _load
+
+    config = _load(args)
+    try:
+        from forwarder.detections.engine import UnsupportedRule
+        from forwarder.detections.export import RuleError
+        from forwarder.pipeline.alerts import run_detections
+    except ImportError as error:
+        print(
+            f"aha-siem detections: pySigma is not installed ({error.name}): {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        run_detections(config, args.metrics_host, args.metrics_port)
+    except (RuleError, UnsupportedRule, OSError) as error:
+        print(f"aha-siem detections: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -47,16 +47,29 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    command: tuple[str, ...] = ()
+    """`aha-siem` arguments; empty: `sink NAME`."""
 
 
 class SinkProcesses:
     """Runs `aha-siem sink NAME` for each sink and keeps them running."""
 
     def __init__(
-        self, sinks: list[str], config_path: Path | None, registry: CollectorRegistry
+        self,
+        sinks: list[str],
+        config_path: Path | None,
+        registry: CollectorRegistry,
+        *,
+        detections: bool = False,
     ) -> None:
         self._config_path = config_path
         self._children = [Child(name, free_port(pair=False)) for name in sinks]
+        if detections:
+            # The streaming alerts (forwarder/pipeline/alerts.py) are supervised like a sink;
+            # their restarts count under sink="detections".
+            self._children.append(
+                Child("detections", free_port(pair=False), command=("detections", "run"))
+            )
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="sink-processes", daemon=True)
         self._restarts = Counter(
@@ -79,7 +92,7 @@ class SinkProcesses:
             # A restart: the port may be why it exited (taken by another process since it was
             # chosen), and keeping it would make the sink fail the same way for ever.
             child.metrics_port = free_port(pair=False)
-        command = [sys.executable, "-m", "forwarder", "sink", child.sink]
+        command = [sys.executable, "-m", "forwarder", *(child.command or ("sink", child.sink))]
         command += ["--metrics-host", "127.0.0.1", "--metrics-port", str(child.metrics_port)]
         if self._config_path is not None:
             command += ["--config", str(self._config_path)]

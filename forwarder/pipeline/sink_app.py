@@ -55,7 +55,11 @@ def create_sink_app(
         config, sink_app_id(config, name), role=f"sink-{name}", store="memory://", datadir=datadir
     )
     app.monitor = FaustSensor(registry, app=f"sink-{name}")
-    events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")
+    # `input: alerts`: the detections' alerts (forwarder/pipeline/alerts.py) instead of the events.
+    source = (
+        config.detections.alerts_topic if sink_config.input == "alerts" else config.topics.events
+    )
+    events_topic = app.topic(source, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(
         dlq_topic_name(config, name), key_serializer="raw", value_serializer="raw"
     )
@@ -110,7 +114,7 @@ def create_sink_app(
     def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned = args[0] if args else kwargs.get("assigned", ())
         metrics.assigned_partitions.labels(name).set(
-            sum(1 for tp in assigned if tp.topic == config.topics.events)
+            sum(1 for tp in assigned if tp.topic == source)
         )
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
@@ -125,7 +129,7 @@ def create_sink_app(
 
     @app.timer(interval=BACKLOG_INTERVAL_SECONDS)
     async def measure_backlog() -> None:
-        assigned = [tp for tp in app.consumer.assignment() if tp.topic == config.topics.events]
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == source]
         try:
             backlog = await probe.lag(assigned)
         except Exception as error:  # a metric must never stop the sink

@@ -51,8 +51,13 @@ def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) 
     app = create_app(config, registry)
     asyncio.run(ensure_topics(config, extra=changelog_topics(app)))
     children = None
-    if sinks and config.sinks:
-        children = SinkProcesses([sink.name for sink in config.sinks], config_path, registry)
+    detections = sinks and config.detections.enabled
+    if detections:
+        _check_rules(config)
+    if sinks and (config.sinks or detections):
+        children = SinkProcesses(
+            [sink.name for sink in config.sinks], config_path, registry, detections=detections
+        )
     if config.worker.metrics_port:
         served = registry if children is None else children.exposition(registry)
         prometheus_client.start_http_server(
@@ -73,6 +78,23 @@ def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) 
     finally:
         if children is not None:
             children.stop()
+
+
+def _check_rules(config: Config) -> None:
+    """Refuse to start with rules the detections process could not load (named, exit 2)."""
+    try:
+        from forwarder.detections.engine import UnsupportedRule
+        from forwarder.detections.export import RuleError
+        from forwarder.pipeline.alerts import load_ruleset
+    except ImportError as error:
+        raise ConfigError(
+            f"detections.enabled: pySigma is not installed ({error.name}): "
+            "pip install 'aha-siem-forwarder[detections]'"
+        ) from None
+    try:
+        load_ruleset(config)
+    except (RuleError, UnsupportedRule, OSError) as error:
+        raise ConfigError(f"detections.rules_dir: {error}") from None
 
 
 def run_sink(config: Config, name: str, metrics_host: str, metrics_port: int) -> None:

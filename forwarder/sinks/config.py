@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -143,6 +143,9 @@ class SinkConfigBase(SinkModel):
     type: str
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
     """Sink name: used in metrics, consumer group and DLQ topic names."""
+    input: Literal["events", "alerts"] = "events"
+    """What the sink reads: the normalized events, or the detections' alerts (needs
+    `detections.enabled`)."""
     format: str = "ecs"
     """Format of each event: ecs, cef, leef, ocsf, syslog-cef, ... (see `aha-siem render -h`)."""
     batch_max_events: int = Field(default=500, ge=1)
