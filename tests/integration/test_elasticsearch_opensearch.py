@@ -158,7 +158,7 @@ async def test_a_resent_batch_is_answered_409_per_item_and_counts_as_delivered(
         assert {item["error"]["type"] for item in items} == {"version_conflict_engine_exception"}
 
         # The sink takes those 409s as delivered: nothing rejected, nothing sent twice.
-        await sink.send_batch(events)
+        assert (await sink.send_batch(events)).delivered
         again = await send(sink, events)
     finally:
         await sink.close()

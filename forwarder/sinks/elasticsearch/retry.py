@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.http_common import retry_after
 
 # Item errors that are the cluster's state or configuration, not the event: an operator (or
@@ -148,7 +148,9 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes = b""
     if status in (408, 425, 429) or status >= 500:
         return Retry(detail, retry_after(headers))
     if status == 413:
-        return Reject(f"{detail} (request larger than the cluster or proxy accepts)")
+        # A proxy in front of the cluster often has a lower limit than the cluster: the
+        # framework sends the request again in halves.
+        return TooLarge(f"{detail} (request larger than the cluster or proxy accepts)")
     return Reject(detail)
 
 

@@ -9,13 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from forwarder.sinks.base import (
-    Ok,
-    SinkError,
-    Verdict,
-    raise_for,
-    settle_batch,
-)
+from forwarder.sinks.base import BatchResult, Ok, SinkError, Verdict, about
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
 from forwarder.sinks.elasticsearch.retry import classify_bulk, classify_response
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
@@ -79,8 +73,8 @@ class ElasticsearchSink:
         try:
             response = await client.get("/")
         except Exception as error:  # httpx's transport errors, TLS included
-            raise_for(classify_exception(error), f"{self.name}: cluster unreachable")
-            raise
+            verdict = classify_exception(error)
+            raise SinkError(_reason(verdict, f"{self.name}: cluster unreachable")) from None
         if response.status_code == 403:
             # Authenticated; a key limited to writing events may not read cluster info.
             log.info(
@@ -92,10 +86,9 @@ class ElasticsearchSink:
             log.error(
                 "credentials rejected by the cluster", extra={"sink": self.name, "status": 401}
             )
-        raise_for(
-            classify_response(response.status_code, response.headers, response.content),
-            f"{self.name}: cluster info",
-        )
+        verdict = classify_response(response.status_code, response.headers, response.content)
+        if not isinstance(verdict, Ok):
+            raise SinkError(_reason(verdict, f"{self.name}: cluster info"))
         info = _json_object(response.content)
         version: Mapping[str, Any] = info.get("version") or {}
         if not isinstance(version, Mapping):
@@ -110,52 +103,21 @@ class ElasticsearchSink:
             },
         )
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Send the batch; return when every event is created (or already was)."""
-        verdicts: dict[int, Verdict] = {}
-        whole = await self._send(events, list(range(len(events))), verdicts, whole=True)
-        settle_batch(
-            whole,
-            verdicts,
-            sink=self.name,
-            request=f"{self.name}: bulk request",
-            batch=f"{self.name}: bulk of {len(events)} events",
-        )
-
-    async def _send(
-        self,
-        events: Sequence[bytes],
-        positions: list[int],
-        verdicts: dict[int, Verdict],
-        *,
-        whole: bool,
-    ) -> Verdict | None:
-        """Post the events at `positions` and fill `verdicts` per event; with `whole`, a
-        failure of the request itself is returned instead, as one verdict for the batch.
-
-        A 413 splits the request in halves (a proxy in front of the cluster often has a lower
-        limit than the cluster), down to one event, which is then rejected.
-        """
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """One `_bulk` request: a verdict for the request, or one per event (409 is created)."""
         client = self._ensure_client()
-        body = b"".join(events[position] for position in positions)
+        body = b"".join(events)
         headers = {"Content-Type": _NDJSON, "Accept": "application/json"}
         if self._config.gzip:
             body = gzip_body(body)
             headers["Content-Encoding"] = "gzip"
         params = {"pipeline": self._config.pipeline} if self._config.pipeline else None
+        request = f"{self.name}: bulk request"
         try:
             response = await client.post("/_bulk", content=body, headers=headers, params=params)
         except Exception as error:  # httpx's transport errors and time-outs
-            return _for_all(classify_exception(error), positions, verdicts, whole)
+            return BatchResult.of(about(classify_exception(error), request))
         status = response.status_code
-        if status == 413 and len(positions) > 1:
-            half = len(positions) // 2
-            log.info(
-                "request too large, splitting", extra={"sink": self.name, "events": len(positions)}
-            )
-            for part in (positions[:half], positions[half:]):
-                await self._send(events, part, verdicts, whole=False)
-            return None
         verdict = classify_response(status, response.headers, response.content)
         if status in (401, 403):
             log.error(
@@ -163,14 +125,15 @@ class ElasticsearchSink:
                 extra={"sink": self.name, "status": status},
             )
         if not isinstance(verdict, Ok):
-            return _for_all(verdict, positions, verdicts, whole)
-        answer = classify_bulk(status, response.content, len(positions))
+            return BatchResult.of(about(verdict, request))
+        answer = classify_bulk(status, response.content, len(events))
         if not isinstance(answer, list):
             # All created (`errors: false`), or an answer that cannot be read item by item.
-            return _for_all(answer, positions, verdicts, whole)
+            return BatchResult.of(about(answer, request))
         # One verdict per item, in the order of the actions sent.
-        verdicts.update(zip(positions, answer, strict=True))
-        return None
+        return BatchResult.each(
+            {position: item for position, item in enumerate(answer) if not isinstance(item, Ok)}
+        )
 
     def _ensure_client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -184,14 +147,9 @@ class ElasticsearchSink:
             self._client = None
 
 
-def _for_all(
-    verdict: Verdict, positions: list[int], verdicts: dict[int, Verdict], whole: bool
-) -> Verdict | None:
-    if whole:
-        return verdict
-    for position in positions:
-        verdicts[position] = verdict
-    return None
+def _reason(verdict: Verdict, where: str) -> str:
+    """What a failed health check says: where, and the verdict's reason."""
+    return where if isinstance(verdict, Ok) else f"{where}: {verdict.reason}"
 
 
 def _with_timestamp(payload: bytes, timestamp: Any) -> bytes:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge
 from forwarder.sinks.elasticsearch.retry import classify_bulk, classify_item, classify_response
 
 
@@ -80,7 +80,7 @@ def body(kind: str, reason: str, status: int) -> bytes:
         (401, {}, body("security_exception", "unable to authenticate", 401), Retry, None),
         (403, {}, body("security_exception", "is unauthorized for API key", 403), Retry, None),
         (404, {}, b"404 page not found", Retry, None),
-        (413, {}, b"", Reject, None),
+        (413, {}, b"", TooLarge, None),  # the framework halves the request
         (
             400,
             {},
