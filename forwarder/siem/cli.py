@@ -18,7 +18,7 @@ def add_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     config_arg: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    """Register `siem setup elasticsearch`."""
+    """Register `siem setup elasticsearch` and `siem sentinel-template`."""
     siem = commands.add_parser("siem", help="SIEM-side setup (siem/): install or regenerate it")
     sub = siem.add_subparsers(dest="siem_command", required=True)
 
@@ -47,6 +47,18 @@ def add_parser(
     )
     elastic.add_argument("--dry-run", action="store_true", help="print the requests, send nothing")
     elastic.set_defaults(func=cmd_setup_elasticsearch)
+
+    sentinel = sub.add_parser(
+        "sentinel-template",
+        help="write siem/sentinel/ (ARM template, parser, analytics rules) from the sources",
+    )
+    sentinel.add_argument(
+        "--output", type=Path, default=None, help="folder (default: siem/sentinel)"
+    )
+    sentinel.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the files differ"
+    )
+    sentinel.set_defaults(func=cmd_sentinel_template)
 
 
 def _fail(message: str) -> int:
@@ -107,4 +119,27 @@ def cmd_setup_elasticsearch(args: argparse.Namespace) -> int:
         return _fail(str(error))
     for line in done:
         print(f"{es.safe_url(connection.url)} {line}")
+    return 0
+
+
+def cmd_sentinel_template(args: argparse.Namespace) -> int:
+    """Write (or with --check compare) the generated files of siem/sentinel/."""
+    try:
+        from forwarder.siem import sentinel
+    except ImportError as error:
+        return _fail(
+            f"pySigma is not installed ({error.name}): pip install 'aha-siem-forwarder[detections]'"
+        )
+    output = args.output or sentinel.SENTINEL_DIR
+    try:
+        files = sentinel.generate()
+    except sentinel.GenerateError as error:
+        return _fail(str(error))
+    if args.check:
+        stale = sentinel.stale(files, output)
+        for name in stale:
+            print(f"aha-siem siem: {output / name} differs from what the generator makes now")
+        return 1 if stale else 0
+    for path in sentinel.write(files, output):
+        print(path)
     return 0
