@@ -77,7 +77,7 @@ def classify_status(status: int, headers: Mapping[str, str], body: str = "") -> 
     return Reject(detail)
 
 
-def classify_exception(error: BaseException) -> Verdict:
+def classify_exception(error: BaseException) -> Retry:
     """Transport failures (connect, time-out, reset) are worth retrying; TLS failures too,
     since a certificate can be renewed, but they are named plainly."""
     return Retry(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)

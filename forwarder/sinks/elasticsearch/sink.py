@@ -73,8 +73,8 @@ class ElasticsearchSink:
         try:
             response = await client.get("/")
         except Exception as error:  # httpx's transport errors, TLS included
-            verdict = classify_exception(error)
-            raise SinkError(_reason(verdict, f"{self.name}: cluster unreachable")) from None
+            failed = classify_exception(error)
+            raise SinkError(_reason(failed, f"{self.name}: cluster unreachable")) from None
         if response.status_code == 403:
             # Authenticated; a key limited to writing events may not read cluster info.
             log.info(

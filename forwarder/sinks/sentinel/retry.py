@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.http_common import retry_after
 
 _DETAIL_CHARS = 300
@@ -41,12 +41,13 @@ def classify(status: int, headers: Mapping[str, str], body: bytes = b"") -> Verd
     if status in (408, 429) or status >= 500:
         return Retry(detail, retry_after(headers))
     if status == 413:
-        return Reject(f"{detail} (a call takes at most 1 MiB)")
+        # The framework sends the rows again in halves.
+        return TooLarge(f"{detail} (a call takes at most 1 MiB)")
     # 400: the rows do not fit the stream's declaration, or the body is not a JSON array.
     return Reject(detail)
 
 
-def classify_token(status: int, headers: Mapping[str, str], body: bytes = b"") -> Verdict:
+def classify_token(status: int, headers: Mapping[str, str], body: bytes = b"") -> Ok | Retry:
     """The token endpoint: never a reason to drop events, since an operator can fix it."""
     if 200 <= status < 300:
         return Ok()

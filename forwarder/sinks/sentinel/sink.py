@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from forwarder.sinks.base import (
+    BatchResult,
     Ok,
     Reject,
     Retry,
     SinkError,
     Verdict,
-    raise_for,
-    settle_batch,
+    about,
 )
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body
 from forwarder.sinks.sentinel.config import API_VERSION, MAX_CALL_BYTES, SentinelSinkConfig
@@ -70,58 +70,55 @@ class SentinelSink:
     async def healthcheck(self) -> None:
         """A token can be had, and the rule's stream takes an empty array."""
         verdict, request_id = await self._upload(b"[]", [])
-        where = f" (request {request_id})" if request_id else ""
-        raise_for(verdict, f"{self.name}: ingestion endpoint{where}")
+        if not isinstance(verdict, Ok):
+            where = f" (request {request_id})" if request_id else ""
+            raise SinkError(f"{self.name}: ingestion endpoint{where}: {verdict.reason}")
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Upload the rows; return when Azure Monitor answered 204 for every one."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """Upload the rows, in calls of at most 1 MiB; each row's verdict is its call's.
+
+        A row alone over 1 MiB is rejected without sending it. After a call that is to be
+        retried (Azure busy or away, the token refused), the calls left are not sent: they wait
+        for the back-off with it. Each row keeps the request id of the call that carried it.
+        """
         verdicts: dict[int, Verdict] = {}
         request_ids: dict[int, str] = {}
-        whole = await self._send(
-            events, list(range(len(events))), verdicts, request_ids, whole=True
-        )
-        settle_batch(
-            whole,
-            verdicts,
-            sink=self.name,
-            request=f"{self.name}: upload",
-            batch=f"{self.name}: upload of {len(events)} rows",
-            request_ids=request_ids,
-        )
+        held: Verdict | None = None
+        for call in self._calls(events, list(range(len(events))), verdicts):
+            if held is not None:
+                verdicts.update(dict.fromkeys(call, held))
+                continue
+            rows = [events[position] for position in call]
+            verdict, request_id = await self._upload(b"[" + b",".join(rows) + b"]", rows)
+            if request_id:
+                request_ids.update(dict.fromkeys(call, request_id))
+            if isinstance(verdict, Ok):
+                continue
+            verdict = about(verdict, f"{self.name}: upload")
+            verdicts.update(dict.fromkeys(call, verdict))
+            if isinstance(verdict, Retry):
+                held = verdict
+        first = verdicts.get(0)
+        if first is not None and all(verdicts.get(p) == first for p in range(len(events))):
+            # One call (or all of them) answered alike: one verdict for the batch.
+            return BatchResult.of(first, request_ids)
+        return BatchResult.each(verdicts, request_ids)
 
-    async def _send(
-        self,
-        events: Sequence[bytes],
-        positions: list[int],
-        verdicts: dict[int, Verdict],
-        request_ids: dict[int, str],
-        *,
-        whole: bool,
-    ) -> Verdict | None:
-        """Upload the rows at `positions`, halving the call while it is over 1 MiB (before
-        sending, or on a 413); with `whole`, a failure of the call is returned instead. Each
-        row's `request_ids` entry is the call that last carried it."""
-        rows = [events[position] for position in positions]
-        body = b"[" + b",".join(rows) + b"]"
-        if len(body) > MAX_CALL_BYTES:
-            verdict: Verdict = Reject(f"row of {len(body) - 2} bytes is over the 1 MiB per call")
-        else:
-            verdict, request_id = await self._upload(body, rows)
-            for position in positions:
-                request_ids[position] = request_id
-        too_large = isinstance(verdict, Reject) and (
-            len(body) > MAX_CALL_BYTES or verdict.reason.startswith("HTTP 413")
+    def _calls(
+        self, events: Sequence[bytes], positions: list[int], verdicts: dict[int, Verdict]
+    ) -> list[list[int]]:
+        """The rows at `positions` cut in halves until each call is within 1 MiB (Azure's
+        limit, known before sending); a row alone over it gets its Reject in `verdicts`."""
+        size = 2 + sum(len(events[position]) for position in positions) + len(positions) - 1
+        if size <= MAX_CALL_BYTES:
+            return [positions]
+        if len(positions) == 1:
+            verdicts[positions[0]] = Reject(f"row of {size - 2} bytes is over the 1 MiB per call")
+            return []
+        half = len(positions) // 2
+        return self._calls(events, positions[:half], verdicts) + self._calls(
+            events, positions[half:], verdicts
         )
-        if too_large and len(positions) > 1:
-            half = len(positions) // 2
-            for part in (positions[:half], positions[half:]):
-                await self._send(events, part, verdicts, request_ids, whole=False)
-            return None
-        if whole:
-            return None if isinstance(verdict, Ok) else verdict
-        for position in positions:
-            verdicts[position] = verdict
-        return None
 
     async def _upload(self, body: bytes, rows: Sequence[bytes]) -> tuple[Verdict, str]:
         """POST one JSON array of `rows`; a 401 gets one more try with a freshly fetched token.
@@ -139,11 +136,9 @@ class SentinelSink:
         response = None
         request_id = ""
         for attempt in (1, 2):
-            try:
-                token = await tokens.token()
-            except SinkError as error:
-                # A verdict, not an exception: halves of a split already sent stay delivered.
-                return Retry(str(error), error.retry_after, error.failure), request_id
+            token = await tokens.token()
+            if isinstance(token, Retry):
+                return token, request_id
             headers["Authorization"] = f"Bearer {token}"
             request_id = str(uuid.uuid4())
             headers[REQUEST_ID_HEADER] = request_id

@@ -12,7 +12,7 @@ import orjson
 from pydantic import SecretStr
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import SinkError, raise_for
+from forwarder.sinks.base import Retry
 from forwarder.sinks.http_common import classify_exception
 from forwarder.sinks.sentinel.retry import classify_token
 
@@ -56,8 +56,9 @@ class TokenProvider:
             return self._token
         return None
 
-    async def token(self) -> str:
-        """A valid access token (raises a retriable SinkError when none can be had)."""
+    async def token(self) -> str | Retry:
+        """A valid access token, or why none can be had (never a reason to drop events: an
+        operator can fix the credentials, and the token endpoint comes back)."""
         current = self._current()
         if current is not None:
             return current
@@ -73,7 +74,7 @@ class TokenProvider:
         if self._token == token:
             self._token = None
 
-    async def _fetch(self) -> str:
+    async def _fetch(self) -> str | Retry:
         form = {
             "grant_type": "client_credentials",
             "client_id": self._client_id,
@@ -87,15 +88,16 @@ class TokenProvider:
                 self._url, data=form, headers={"Accept": "application/json"}
             )
         except Exception as error:  # httpx's transport errors and time-outs
-            raise_for(classify_exception(error), "token endpoint unreachable")
-            raise
+            failed = classify_exception(error)
+            return Retry(f"token endpoint unreachable: {failed.reason}", failed.after)
         verdict = classify_token(response.status_code, response.headers, response.content)
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
             log.error(
                 "token request refused; events wait until the credentials are fixed",
                 extra={"status": response.status_code, "token_url": self._url},
             )
-        raise_for(verdict, "no access token")
+        if isinstance(verdict, Retry):
+            return Retry(f"no access token: {verdict.reason}", verdict.after, verdict.failure)
         try:
             answer = orjson.loads(response.content)
             token = str(answer["access_token"])
@@ -105,11 +107,10 @@ class TokenProvider:
             # Not understood, but not about the events either (they were never sent): a
             # token_url that is not Entra's. Dead-lettering would empty the queue into the
             # DLQ without reaching anything, so the events wait, as for refused credentials.
-            raise SinkError(
+            return Retry(
                 "token endpoint answered without access_token/expires_in (check token_url)",
-                retriable=True,
                 failure=Failure.DESTINATION,
-            ) from None
+            )
         margin = min(_REFRESH_MARGIN_SECONDS, lifetime / 5)
         self._token = token
         self._refresh_at = started + lifetime - margin

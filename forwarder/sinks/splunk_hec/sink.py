@@ -268,9 +268,8 @@ class SplunkHecSink:
             # first and then answers code 5 "No data".
             probe = await self._request(EVENT_PATH, b"", self._headers, channel)
         except httpx.HTTPError as error:
-            verdict = classify_exception(error)
-            reason = verdict.reason if isinstance(verdict, Retry | Reject) else str(error)
-            raise SinkError(f"splunk_hec {self.name}: {reason}", retriable=True) from None
+            failed = classify_exception(error)
+            raise SinkError(f"splunk_hec {self.name}: {failed.reason}", retriable=True) from None
         answer = parse_answer(probe.status_code, probe.content)
         if 200 <= probe.status_code < 300 or answer.code == 5:
             return
@@ -400,8 +399,7 @@ class SplunkHecSink:
         try:
             headers, answer = await self._post(events, indexes, channel)
         except httpx.HTTPError as error:
-            verdict = classify_exception(error)
-            reason = verdict.reason if isinstance(verdict, Retry | Reject) else str(error)
+            reason = classify_exception(error).reason
             # A time-out after the body went out may still have been indexed: the retry is
             # at-least-once. The collector may have issued an ackId we never saw.
             state.fail(indexes, reason)

@@ -21,7 +21,7 @@ from forwarder.failures import Failure
 from forwarder.formats import encoder_for
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks import create_sink
-from forwarder.sinks.base import PartialFailure, SinkError, deliver
+from forwarder.sinks.base import BatchResult, Reject, Retry, SinkError, TooLarge, deliver
 from forwarder.sinks.config import RetryConfig
 from forwarder.sinks.ids import event_key
 from forwarder.sinks.loop import Item, ship
@@ -61,6 +61,13 @@ def prepared(sink: SentinelSink, docs: list[dict[str, Any]], fmt: str = "ecs") -
     return [sink.prepare(doc, encode(doc)) for doc in docs]
 
 
+def whole(result: BatchResult) -> Retry | Reject:
+    """The one verdict of a batch sent in one call that failed."""
+    assert not result.items, result
+    assert isinstance(result.whole, Retry | Reject), result
+    return result.whole
+
+
 @pytest.fixture
 def azure() -> Iterator[tuple[FakeAzure, AsgiServer]]:
     fake = FakeAzure(clock=lambda: SAMPLES_ARRIVE)
@@ -78,8 +85,8 @@ async def test_rows_arrive_with_their_columns_and_one_token_serves_many_calls(
     await sink.start()
     try:
         await sink.healthcheck()
-        await sink.send_batch(events[:2])
-        await sink.send_batch(events[2:])
+        assert (await sink.send_batch(events[:2])).delivered
+        assert (await sink.send_batch(events[2:])).delivered
     finally:
         await sink.close()
     assert fake.rows == [
@@ -113,7 +120,7 @@ async def test_ocsf_events_go_in_the_event_column(azure: tuple[FakeAzure, AsgiSe
     sink = sink_for(fake, server.url, format="ocsf", gzip=False)
     (doc,) = documents(1)
     try:
-        await sink.send_batch(prepared(sink, [doc], "ocsf"))
+        assert (await sink.send_batch(prepared(sink, [doc], "ocsf"))).delivered
     finally:
         await sink.close()
     (row,) = fake.rows
@@ -129,9 +136,9 @@ async def test_a_token_the_api_refuses_is_replaced_once(
     sink = sink_for(fake, server.url)
     events = prepared(sink, documents(2))
     try:
-        await sink.send_batch(events[:1])
+        assert (await sink.send_batch(events[:1])).delivered
         fake.expire_tokens()  # expired at Azure while the sink still trusts it
-        await sink.send_batch(events[1:])
+        assert (await sink.send_batch(events[1:])).delivered
     finally:
         await sink.close()
     assert [upload.status for upload in fake.uploads] == [204, 401, 204]
@@ -145,9 +152,9 @@ async def test_a_short_lived_token_is_renewed_before_it_expires() -> None:
         sink = sink_for(fake, server.url)
         events = prepared(sink, documents(2))
         try:
-            await sink.send_batch(events[:1])
+            assert (await sink.send_batch(events[:1])).delivered
             await asyncio.sleep(1.7)  # past the renewal point (1.6 s), before the expiry
-            await sink.send_batch(events[1:])
+            assert (await sink.send_batch(events[1:])).delivered
         finally:
             await sink.close()
     assert [upload.status for upload in fake.uploads] == [204, 204]
@@ -173,12 +180,11 @@ async def test_a_token_refused_again_after_renewal_is_retriable() -> None:
     with AsgiServer(fake) as server:
         sink = sink_for(fake, server.url)
         try:
-            with pytest.raises(SinkError) as caught:
-                await sink.send_batch(prepared(sink, documents(1)))
+            refused = whole(await sink.send_batch(prepared(sink, documents(1))))
         finally:
             await sink.close()
-    assert caught.value.retriable is True
-    assert "HTTP 401" in str(caught.value)
+    assert isinstance(refused, Retry)
+    assert "HTTP 401" in refused.reason
     assert [upload.status for upload in fake.uploads] == [401, 401]
     assert fake.rows == []
 
@@ -200,16 +206,15 @@ async def test_bad_credentials_wait_instead_of_dead_lettering(
     try:
         with pytest.raises(SinkError) as health:
             await sink.healthcheck()
-        with pytest.raises(SinkError) as sent:
-            await sink.send_batch(events)
+        sent = whole(await sink.send_batch(events))
         outcome = await deliver(sink, events, SinkMetrics(CollectorRegistry()), FAST_RETRY)
     finally:
         await sink.close()
-    for raised in (health.value, sent.value):
-        assert raised.retriable is True
-        assert raised.failure is Failure.DESTINATION  # logged as an error, never dropped
-        assert error in str(raised)
-        assert "not-the-secret" not in str(raised) and fake.client_secret not in str(raised)
+    assert isinstance(sent, Retry)
+    assert sent.failure is Failure.DESTINATION  # logged as an error, never dropped
+    for said in (str(health.value), sent.reason):
+        assert error in said
+        assert "not-the-secret" not in said and fake.client_secret not in said
     assert outcome.attempts == 2 and outcome.delivered == []
     assert fake.uploads == []
 
@@ -236,13 +241,12 @@ async def test_refusals_of_the_rule_say_what_to_fix(
         for key, value in change.items():
             setattr(fake, key, value)
         try:
-            with pytest.raises(SinkError) as caught:
-                await sink.send_batch(prepared(sink, documents(1)))
+            refused = whole(await sink.send_batch(prepared(sink, documents(1))))
         finally:
             await sink.close()
-    assert caught.value.retriable is retriable
-    assert caught.value.failure is (Failure.DESTINATION if retriable else Failure.RECORD)
-    assert f"HTTP {status}" in str(caught.value) and hint in str(caught.value)
+    assert isinstance(refused, Retry if retriable else Reject)
+    assert refused.failure is (Failure.DESTINATION if retriable else Failure.RECORD)
+    assert f"HTTP {status}" in refused.reason and hint in refused.reason
     assert fake.rows == []
 
 
@@ -261,14 +265,13 @@ async def test_a_token_answer_without_a_token_waits_as_a_destination_failure() -
         sink = sink_for(fake, server.url, token_url=f"{portal.url}/token")
         events = prepared(sink, documents(1))
         try:
-            with pytest.raises(SinkError) as caught:
-                await sink.send_batch(events)
+            waiting = whole(await sink.send_batch(events))
             outcome = await deliver(sink, events, SinkMetrics(CollectorRegistry()), FAST_RETRY)
         finally:
             await sink.close()
-    assert caught.value.retriable is True
-    assert caught.value.failure is Failure.DESTINATION
-    assert "without access_token" in str(caught.value) and "token_url" in str(caught.value)
+    assert isinstance(waiting, Retry)
+    assert waiting.failure is Failure.DESTINATION
+    assert "without access_token" in waiting.reason and "token_url" in waiting.reason
     assert outcome.attempts == 2 and outcome.unrecognized == set()
     assert fake.rows == []
 
@@ -289,14 +292,13 @@ async def test_throttling_and_server_errors_are_retried_after_what_azure_says(
     fake.fail_uploads(status, code, retry_after=after)
     events = prepared(sink, documents(2))
     try:
-        with pytest.raises(SinkError) as caught:
-            await sink.send_batch(events)
-        await sink.send_batch(events)
+        busy = whole(await sink.send_batch(events))
+        assert (await sink.send_batch(events)).delivered
     finally:
         await sink.close()
-    assert caught.value.retriable is True
-    assert caught.value.retry_after == (float(after) if after else None)
-    assert code in str(caught.value)
+    assert isinstance(busy, Retry)
+    assert busy.after == (float(after) if after else None)
+    assert code in busy.reason
     assert len(fake.rows) == 2
 
 
@@ -319,32 +321,40 @@ async def test_calls_over_one_mebibyte_are_split_and_an_oversized_row_rejected(
     sink = sink_for(fake, server.url)
     rows = [raw_row("a", 450_000), raw_row("b", 450_000), raw_row("c", 1_100_000), raw_row("d", 10)]
     try:
-        with pytest.raises(PartialFailure) as caught:
-            await sink.send_batch(rows)
+        result = await sink.send_batch(rows)
     finally:
         await sink.close()
-    assert caught.value.retry == ()
-    assert list(caught.value.rejected) == [2]
-    assert "1 MiB" in caught.value.rejected[2]
+    assert list(result.items) == [2]
+    refused = result.items[2]
+    assert isinstance(refused, Reject)
+    assert "1 MiB" in refused.reason
     assert sorted(row["EventKey"] for row in fake.sent) == ["a", "b", "d"]
     # Every call stayed within the limit, so Azure never had to refuse one.
     assert all(upload.status == 204 for upload in fake.uploads)
     # The row never sent has no request id; the others have the id of the call that took them.
-    assert 2 not in caught.value.request_ids
+    assert 2 not in result.request_ids
     carried = {upload.headers["x-ms-client-request-id"] for upload in fake.uploads}
-    assert {caught.value.request_ids[i] for i in (0, 1, 3)} <= carried
+    assert {result.request_ids[i] for i in (0, 1, 3)} <= carried
 
 
 async def test_a_413_from_azure_splits_the_call(azure: tuple[FakeAzure, AsgiServer]) -> None:
     fake, server = azure
     sink = sink_for(fake, server.url)
-    fake.fail_uploads(413, "ContentLengthLimitExceeded")
+    fake.fail_uploads(413, "ContentLengthLimitExceeded", times=2)
     docs = documents(2)
     try:
-        await sink.send_batch(prepared(sink, docs))
+        result = await sink.send_batch(prepared(sink, docs))
+        outcome = await deliver(
+            sink, prepared(sink, docs), SinkMetrics(CollectorRegistry()), FAST_RETRY
+        )
     finally:
         await sink.close()
-    assert [upload.status for upload in fake.uploads] == [413, 204, 204]
+    # The sink says the call was too large; the framework sends it again in halves.
+    assert (
+        isinstance(result.whole, TooLarge) and "ContentLengthLimitExceeded" in result.whole.reason
+    )
+    assert sorted(outcome.delivered) == [0, 1] and outcome.attempts == 1
+    assert [upload.status for upload in fake.uploads] == [413, 413, 204, 204]
     assert [row["EventKey"] for row in fake.rows] == [event_key(doc) for doc in docs]
 
 
@@ -355,12 +365,11 @@ async def test_a_slow_answer_past_the_time_out_is_retriable(
     fake.delay_seconds = 1.0
     sink = sink_for(fake, server.url, http={"timeout_seconds": 0.2})
     try:
-        with pytest.raises(SinkError) as caught:
-            await sink.send_batch(prepared(sink, documents(1)))
+        slow = whole(await sink.send_batch(prepared(sink, documents(1))))
     finally:
         await sink.close()
-    assert caught.value.retriable is True
-    assert "Timeout" in str(caught.value)
+    assert isinstance(slow, Retry)
+    assert "Timeout" in slow.reason
 
 
 async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
@@ -374,7 +383,7 @@ async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
     with AsgiServer(fake, certfile=cert, keyfile=key) as server:
         sink = sink_for(fake, server.url, http={"tls": {"ca_file": str(ca_file)}})
         try:
-            await sink.send_batch(prepared(sink, documents(1)))
+            assert (await sink.send_batch(prepared(sink, documents(1)))).delivered
         finally:
             await sink.close()
     assert server.url.startswith("https://")
@@ -436,7 +445,7 @@ async def test_the_event_time_survives_whatever_azure_makes_of_time_generated(
     with AsgiServer(fake) as server:
         sink = sink_for(fake, server.url)
         try:
-            await sink.send_batch(prepared(sink, [doc]))
+            assert (await sink.send_batch(prepared(sink, [doc]))).delivered
         finally:
             await sink.close()
     (row,) = fake.rows
@@ -466,7 +475,7 @@ async def test_a_large_event_is_cut_to_fit_the_column_instead_of_by_azure(
     sink = sink_for(fake, server.url, format=fmt)
     doc = huge(next(d for d in documents(12) if (d.get("aha") or {}).get("audit")))
     try:
-        await sink.send_batch(prepared(sink, [doc], fmt))
+        assert (await sink.send_batch(prepared(sink, [doc], fmt))).delivered
     finally:
         await sink.close()
     assert fake.truncated == []  # nothing left for Azure to cut anywhere
@@ -501,9 +510,8 @@ async def test_every_call_is_logged_with_its_request_id(
     fake.fail_uploads(503, "ServiceUnavailable")
     try:
         with caplog.at_level(logging.INFO, logger="forwarder.sinks.sentinel"):
-            with pytest.raises(SinkError) as failed:
-                await sink.send_batch(events)
-            await sink.send_batch(events)
+            failed = await sink.send_batch(events)
+            assert (await sink.send_batch(events)).delivered
     finally:
         await sink.close()
     calls = [record for record in caplog.records if record.getMessage() == "sentinel upload"]
@@ -515,7 +523,8 @@ async def test_every_call_is_logged_with_its_request_id(
         assert call.rows == 3  # type: ignore[attr-defined]
         assert call.first_event_key == event_key(docs[0])  # type: ignore[attr-defined]
         assert call.last_event_key == event_key(docs[2])  # type: ignore[attr-defined]
-    assert failed.value.request_ids == dict.fromkeys(range(3), sent[0])
+    assert isinstance(failed.whole, Retry)
+    assert failed.request_ids == dict.fromkeys(range(3), sent[0])
 
 
 async def test_dead_lettered_rows_carry_the_request_id_azure_logs_under() -> None:

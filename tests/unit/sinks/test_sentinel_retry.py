@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge
 from forwarder.sinks.sentinel.retry import classify, classify_token
 
 
@@ -50,7 +50,7 @@ def azure(code: str, message: str) -> bytes:
             413,
             {"x-ms-error-code": "ContentLengthLimitExceeded"},
             b"",
-            Reject,
+            TooLarge,  # the framework sends the rows again in halves
             None,
             "ContentLengthLimitExceeded",
         ),
