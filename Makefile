@@ -18,6 +18,7 @@ help:
 	@echo "make run    - broker + ingest + worker + file sink on this machine (aha-siem dev)"
 	@echo "make test   - lint, then unit and integration tests against a real Apache Kafka"
 	@echo "make bench  - throughput benchmarks beside their baselines"
+	@echo "make bench-memory  - RSS of the worker and each sink process over 1M events (long)"
 	@echo "make bench-latency - end-to-end latency per sink at 50 webhooks/s, default and shorter batching"
 	@echo "make chaos  - every chaos scenario, the slow ones too (each starts a broker of its own)"
 	@echo "make soak   - $(SOAK_MINUTES) min of steady load with broker restarts and a SIEM outage"
@@ -80,6 +81,12 @@ bench: venv
 # 0.5 s and at 0.25 s (about 5 minutes; `make bench` runs the defaults' pass only).
 bench-latency: venv
 	$(BIN)/python -m bench --only latency --latency-batch-seconds 0.5,0.25
+
+# RSS of the worker and of its sink processes over 1M distinct records (realtime dedupe, retention
+# shortened to 120 s so that it applies within the run): long (about 25 minutes), niced, not in `make bench`.
+BENCH_MEMORY_EVENTS ?= 1000000
+bench-memory: venv
+	nice -n 10 $(BIN)/python -m bench.memory --events $(BENCH_MEMORY_EVENTS)
 
 kafka-up: venv
 	$(BIN)/aha-siem broker start --state-dir .run/kafka --port 9092 --kind auto

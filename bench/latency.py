@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from forwarder.config import parse
-from tests.chaos.harness import Broker, Load, Pipeline, samples_matching
+from bench.stack import memory_kib, mib, pipeline
+from tests.chaos.harness import Load, samples_matching
 from tests.fakes.elasticsearch import FakeElasticsearch
 from tests.fakes.http_receiver import HttpReceiver
 from tests.fakes.sentinel import FakeAzure
@@ -285,44 +284,6 @@ def receivers(
     return out
 
 
-class _SharedBroker(Broker):
-    """The broker the bench was given, as the chaos pipeline wants one: never started or
-    stopped from here (its pid and log are unknown)."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
-        self.proxy = None
-        self.state_dir = Path("/nonexistent")
-
-    @property
-    def bootstrap(self) -> str:
-        """The address the bench was given."""
-        return self._bootstrap
-
-
-def pipeline(
-    tmp: Path, bootstrap: str, prefix: str, sinks: list[dict[str, Any]], dedupe: dict[str, Any]
-) -> Pipeline:
-    """The chaos suite's pipeline, on the bench's topics (all named `prefix.*`, deleted at the
-    end of the bench) and the default 8 partitions, logging warnings only."""
-    made = Pipeline(tmp, _SharedBroker(bootstrap), sinks=sinks)
-    tree = made.tree
-    tree["log_level"] = "warning"
-    tree["topics"] = {
-        "raw": f"{prefix}.raw",
-        "invalid": f"{prefix}.invalid",
-        "events": f"{prefix}.events",
-        "dlq_prefix": f"{prefix}.dlq.",
-        "partitions": PARTITIONS,
-    }
-    tree["worker"]["app_id"] = f"{prefix}.app"
-    tree["dedupe"] = dedupe
-    made.config = parse(tree)
-    made.worker_config.write_text(yaml.safe_dump(tree))
-    made.ingest_config.write_text(yaml.safe_dump(tree))
-    return made
-
-
 def _histograms(url: str) -> dict[str, dict[float, float]]:
     """The sinks' end-to-end histogram buckets by sink name."""
     out: dict[str, dict[float, float]] = {}
@@ -382,6 +343,8 @@ async def measure(
             began = time.monotonic()
             await asyncio.to_thread(made.start)
             log(f"latency: pipeline up in {time.monotonic() - began:.1f} s with {len(dests)} sinks")
+            await asyncio.sleep(2)
+            idle = {name: memory_kib(pid) for name, pid in made.pids().items()}
             poller = asyncio.create_task(poll())
             with Load(made.webhook_url, rate) as load:
                 load.start()
@@ -401,6 +364,7 @@ async def measure(
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2 * POLL_SECONDS)
             hist_after = _histograms(made.metrics_url)
+            loaded = {name: memory_kib(pid) for name, pid in made.pids().items()}
         finally:
             stop.set()
             if poller is not None:
@@ -408,6 +372,14 @@ async def measure(
             await asyncio.to_thread(made.stop)
             for times in topics:
                 await times.stop()
+    log(
+        "latency: RSS MiB (RssAnon) idle -> after the window: "
+        + ", ".join(
+            f"{name} {mib((m or {}).get('VmRSS'))} ({mib((m or {}).get('RssAnon'))}) -> "
+            f"{mib((loaded.get(name) or {}).get('VmRSS'))}"
+            for name, m in idle.items()
+        )
+    )
     results: dict[str, Any] = {}
     for dest in [base, *dests]:
         delays = [dest.seen[i] - a.answered_at for i, a in accepted.items() if i in dest.seen]
@@ -427,7 +399,13 @@ async def measure(
             for k, r in results.items()
         )
     )
-    return {"window": window, "accepted": len(accepted), "sinks": results}
+    return {
+        "window": window,
+        "accepted": len(accepted),
+        "sinks": results,
+        "rss_idle": idle,
+        "rss_after": loaded,
+    }
 
 
 def skip_reasons(kinds: list[str]) -> dict[str, str]:
@@ -446,6 +424,9 @@ def _rows(result: dict[str, Any], label: str) -> list[Row]:
         note = f"max {r['max'] * 1e3:.0f} ms; delivered {r['delivered']}/{r['accepted']}"
         if r["duplicates"]:
             note += f", {r['duplicates']} duplicates"
+        idle = result["rss_idle"].get(f"worker/sink {kind.replace('_', '-')}") or {}
+        if idle:
+            note += f"; process RSS idle {mib(idle.get('VmRSS'))} MiB"
         if kind != "events" and hist["count"]:
             note += (
                 f"; sink histogram: p50 <= {hist['p50_le']:g} s, p99 <= {hist['p99_le']:g} s, "
