@@ -99,7 +99,7 @@ def cmd_setup_elasticsearch(args: argparse.Namespace) -> int:
         )
     except (es.SetupError, ConfigError) as error:
         return _fail(str(error))
-    if connection is not None:
+    if connection is not None and args.sink:
         patterns = items[-1].body.get("index_patterns") or []
         if not any(fnmatch.fnmatchcase(connection.index, p) for p in patterns):
             print(

@@ -44,6 +44,8 @@ NODE_SOURCES = Path(__file__).with_name("opensearch_node")
 POM = NODE_SOURCES / "pom.xml"
 NODE_SOURCE = NODE_SOURCES / "AhaOpenSearchNode.java"
 NODE_CLASS = "AhaOpenSearchNode"
+# A jar the last dependency added to the POM brings: a cache fetched before it is fetched again.
+LIBS_EXPECT = "ingest-common-2*.jar"
 JVM_OPTS = (
     "-Xms512m",
     "-Xmx512m",
@@ -78,7 +80,7 @@ def home_dir(version: str | None = None) -> Path:
 
 def libs_complete(version: str | None = None) -> bool:
     """True when a previous fetch of this version finished (marker written last)."""
-    return jars_complete(home_dir(version), "opensearch-2*.jar")
+    return jars_complete(home_dir(version), LIBS_EXPECT)
 
 
 def javac_bin() -> str | None:
@@ -109,7 +111,7 @@ def ensure_libs(version: str | None = None) -> Path:
     version = version or opensearch_version()
     properties = {"opensearch.version": version}
     try:
-        return fetch_jars(home_dir(version), POM, properties, "opensearch-2*.jar")
+        return fetch_jars(home_dir(version), POM, properties, LIBS_EXPECT)
     except FileNotFoundError:
         raise OpenSearchSetupError(
             f"OpenSearch {version} jars not cached and `mvn` not on PATH"

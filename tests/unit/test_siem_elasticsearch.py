@@ -111,8 +111,11 @@ def test_the_sinks_connection_and_pipeline_name_are_used(
         "  - type: file\n    name: archive\n    path: " + str(tmp_path / "events") + "\n"
         "  - type: elasticsearch\n    name: elastic\n"
         f"    url: {server.url}\n    pipeline: aha-audit-custom\n"
+        "  - type: elasticsearch\n    name: plain\n"
+        f"    url: {server.url}\n    index: aha-plain\n"
     )
     monkeypatch.setenv("AHA_SIEM_SINKS__1__API_KEY", API_KEY)
+    monkeypatch.setenv("AHA_SIEM_SINKS__2__API_KEY", API_KEY)
 
     code, _, err = _run(capsys, "--sink", "elastic", "-c", str(config))
 
@@ -122,7 +125,14 @@ def test_the_sinks_connection_and_pipeline_name_are_used(
 
     code, _, err = _run(capsys, "--sink", "archive", "-c", str(config))
     assert code == 2
-    assert "--sink: no elasticsearch sink named 'archive' (elasticsearch sinks: elastic)" in err
+    assert (
+        "--sink: no elasticsearch sink named 'archive' (elasticsearch sinks: elastic, plain)" in err
+    )
+
+    # A sink whose index the template does not cover is told so.
+    code, _, err = _run(capsys, "--sink", "plain", "-c", str(config))
+    assert code == 0
+    assert "the sink's index 'aha-plain' matches none of the template's index_patterns" in err
 
 
 def test_a_refused_credential_names_the_resource_and_the_clusters_reason(

@@ -20,14 +20,17 @@ import java.util.concurrent.TimeUnit;
 import org.opensearch.common.logging.LogConfigurator;
 import org.opensearch.common.settings.Settings;
 import org.opensearch.env.Environment;
+import org.opensearch.ingest.common.IngestCommonPlugin;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
+import org.opensearch.script.mustache.MustachePlugin;
 import org.opensearch.transport.Netty4Plugin;
 
 public final class AhaOpenSearchNode extends Node {
 
     private AhaOpenSearchNode(Environment environment) {
-        super(environment, List.of(Netty4Plugin.class), true);
+        // Ingest processors and their mustache templates too (modules of the distribution).
+        super(environment, List.of(Netty4Plugin.class, IngestCommonPlugin.class, MustachePlugin.class), true);
     }
 
     public static void main(String[] args) throws Exception {
