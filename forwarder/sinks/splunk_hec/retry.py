@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import orjson
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.http_common import retry_after
 
 # Codes where the event is at fault: with `invalid-event-number` only that event is.
@@ -130,7 +130,8 @@ def classify(answer: HecAnswer, headers: Mapping[str, str] | None = None) -> Ver
     if code in EVENT_CODES or code == 5:
         return Reject(detail)
     if status == 413:
-        return Reject(f"{detail} (request larger than the collector accepts)")
+        # The framework sends the events again in halves, down to one.
+        return TooLarge(f"{detail} (request larger than the collector accepts)")
     if status == 404:
         # A wrong URL, or HEC switched off: configuration, not the events.
         return Retry(
@@ -153,4 +154,20 @@ def event_at_fault(answer: HecAnswer, batch_size: int) -> int | None:
     number = answer.invalid_event
     if number is None or not 0 <= number < batch_size:
         return None
+    return number
+
+
+def taken_before_busy(answer: HecAnswer, batch_size: int) -> int:
+    """How many events at the start of the request HEC took before it answered "Server is busy"
+    (code 9) naming the event it stopped at in `invalid-event-number`; 0 when it names none.
+
+    The events before the named one are indexed: sending them again would index them twice.
+    The named one is not at fault (the collector's queues are full): it is retried, with the
+    events after it.
+    """
+    if answer.code != 9:
+        return 0
+    number = answer.invalid_event
+    if number is None or not 0 < number < batch_size:
+        return 0
     return number

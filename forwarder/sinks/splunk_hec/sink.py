@@ -30,7 +30,16 @@ from prometheus_client import CollectorRegistry
 
 from forwarder.failures import Failure
 from forwarder.metrics import SinkMetrics
-from forwarder.sinks.base import Ok, PartialFailure, Reject, Retry, SinkError
+from forwarder.sinks.base import (
+    DELIVERED,
+    BatchResult,
+    Ok,
+    Reject,
+    Retry,
+    SinkError,
+    TooLarge,
+    Verdict,
+)
 from forwarder.sinks.http_common import build_client, classify_exception, gzip_body, retry_after
 from forwarder.sinks.splunk_hec.acks import (
     ACK_DISABLED,
@@ -55,8 +64,8 @@ from forwarder.sinks.splunk_hec.retry import (
     HecAnswer,
     classify,
     event_at_fault,
-    is_token_failure,
     parse_answer,
+    taken_before_busy,
 )
 
 if TYPE_CHECKING:
@@ -117,8 +126,8 @@ class _BatchState:
     size: int
     rejected: dict[int, str] = field(default_factory=dict)
     retry: dict[int, str] = field(default_factory=dict)
+    too_large: dict[int, str] = field(default_factory=dict)
     retry_after: float | None = None
-    token_refused: bool = False
     # The failure class of each event to retry (forwarder/failures.py), TRANSIENT when absent.
     classes: dict[int, Failure] = field(default_factory=dict)
     # After a retriable failure nothing more is posted in this call: the collector is busy or
@@ -143,42 +152,23 @@ class _BatchState:
         for index in indexes:
             self.rejected[index] = reason
 
-    def error(self, sink: str) -> SinkError | None:
-        """The SinkError this call ends with (None: everything was delivered)."""
-        if not self.retry and not self.rejected:
-            return None
-        found = {self.classes.get(index, Failure.TRANSIENT) for index in self.retry}
-        failure = next(
-            (kind for kind in (Failure.DESTINATION, Failure.UNRECOGNIZED) if kind in found),
-            Failure.TRANSIENT,
-        )
-        unrecognized = {
-            index: reason
-            for index, reason in self.retry.items()
-            if self.classes.get(index) is Failure.UNRECOGNIZED
-        }
-        whole = not self.rejected and len(self.retry) == self.size
-        if whole and (not unrecognized or len(unrecognized) == self.size):
-            reason = next(iter(self.retry.values()))
-            return SinkError(
-                f"splunk_hec {sink}: {reason}",
-                retriable=True,
-                retry_after=self.retry_after,
-                reason="auth" if self.token_refused else "unavailable",
-                failure=failure,
-            )
-        if not self.retry and len(self.rejected) == self.size:
-            reason = next(iter(self.rejected.values()))
-            return SinkError(f"splunk_hec {sink}: {reason}", retriable=False, reason="rejected")
-        first = next(iter(self.retry.values()), None) or next(iter(self.rejected.values()))
-        return PartialFailure(
-            f"splunk_hec {sink}: {len(self.rejected)} rejected, {len(self.retry)} to retry: {first}",
-            retry=sorted(self.retry),
-            rejected=self.rejected,
-            retry_after=self.retry_after,
-            unrecognized=unrecognized,
-            failure=failure if self.retry else None,
-        )
+    def result(self, sink: str) -> BatchResult:
+        """The verdicts this call ends with: one for the batch when every event had the same."""
+        named = f"splunk_hec {sink}"
+        verdicts: dict[int, Verdict] = {}
+        for index, reason in self.rejected.items():
+            verdicts[index] = Reject(f"{named}: {reason}")
+        for index, reason in self.too_large.items():
+            verdicts[index] = TooLarge(f"{named}: {reason}")
+        for index, reason in self.retry.items():
+            failure = self.classes.get(index, Failure.TRANSIENT)
+            verdicts[index] = Retry(f"{named}: {reason}", self.retry_after, failure)
+        if not verdicts:
+            return DELIVERED
+        first = verdicts.get(0)
+        if first is not None and all(verdicts.get(i) == first for i in range(self.size)):
+            return BatchResult.of(first)
+        return BatchResult.each(verdicts)
 
 
 class SplunkHecSink:
@@ -225,7 +215,7 @@ class SplunkHecSink:
             except OSError as error:
                 # A CA bundle or client certificate that cannot be read: an operator fixes it.
                 raise SinkError(
-                    f"splunk_hec {self.name}: cannot load the TLS files: {error}", retriable=True
+                    f"splunk_hec {self.name}: cannot load the TLS files: {error}"
                 ) from None
             # Cookies are kept per channel (a load balancer's sticky cookie must travel with
             # the channel whose events it routed), never in the client, and only with acks on:
@@ -261,7 +251,6 @@ class SplunkHecSink:
             if health.status_code != 200:
                 raise SinkError(
                     f"splunk_hec {self.name}: collector unhealthy: {answer.detail}",
-                    retriable=True,
                     retry_after=retry_after(health.headers),
                 )
             # An empty POST proves the token without indexing anything: HEC checks the token
@@ -269,23 +258,26 @@ class SplunkHecSink:
             probe = await self._request(EVENT_PATH, b"", self._headers, channel)
         except httpx.HTTPError as error:
             failed = classify_exception(error)
-            raise SinkError(f"splunk_hec {self.name}: {failed.reason}", retriable=True) from None
+            raise SinkError(f"splunk_hec {self.name}: {failed.reason}") from None
         answer = parse_answer(probe.status_code, probe.content)
         if 200 <= probe.status_code < 300 or answer.code == 5:
             return
         verdict = classify(answer, probe.headers)
-        reason = verdict.reason if isinstance(verdict, Retry | Reject) else answer.detail
-        raise SinkError(
-            f"splunk_hec {self.name}: {reason}",
-            retriable=True,
-            reason="auth" if is_token_failure(answer) else "unavailable",
-        )
+        reason = answer.detail if isinstance(verdict, Ok) else verdict.reason
+        raise SinkError(f"splunk_hec {self.name}: {reason}")
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        """Post the batch; with acknowledgement on, return only once it is settled (above)."""
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
+        """Post the batch as one request; with acknowledgement on, settle it first (above).
+
+        A request too large for the collector is reported `TooLarge`: the framework sends its
+        halves again, each a request of its own whose acknowledgement is awaited in its call.
+        """
         if not events:
-            return
-        self._http()
+            return DELIVERED
+        try:
+            self._http()
+        except SinkError as error:
+            return BatchResult.of(Retry(str(error)))
         state = _BatchState(len(events))
         waiting = _Waiting()
         try:
@@ -297,9 +289,7 @@ class SplunkHecSink:
             for part in waiting.parts():
                 self._abandon(waiting, part)
             self._forget_idle_channels()
-        error = state.error(self.name)
-        if error is not None:
-            raise error
+        return state.result(self.name)
 
     # -- channels ------------------------------------------------------------------------
 
@@ -429,13 +419,12 @@ class SplunkHecSink:
         if channel is not None and answer.code in (10, 11):
             self._retire(channel, "refused_by_collector")
         if earlier is not None:
-            # Its events are settled by this answer (split, rejected or failed) from here on.
+            # Its events are settled by this answer (too large, rejected or failed) from here on.
             self._abandon(waiting, earlier)
-        if answer.status == 413 and len(indexes) > 1:
-            # Too large for the collector (or a proxy): halve until the pieces fit.
-            middle = len(indexes) // 2
-            for piece in (indexes[:middle], indexes[middle:]):
-                await self._post_part(events, piece, state, waiting)
+        if isinstance(verdict, TooLarge):
+            # Too large for the collector (or a proxy): the framework halves it.
+            for index in indexes:
+                state.too_large[index] = verdict.reason
             return
         if isinstance(verdict, Reject):
             culprit = event_at_fault(answer, len(indexes))
@@ -457,8 +446,13 @@ class SplunkHecSink:
                     after, f"not read by the collector: event {refused} before them was refused"
                 )
             return
-        assert isinstance(verdict, Retry)
-        state.token_refused = state.token_refused or is_token_failure(answer)
+        taken = taken_before_busy(answer, len(indexes))
+        if taken:
+            # HEC took the events before the one it names, then found its queues full: those
+            # are in (without an ackId to ask) and must not be indexed twice; the rest waits.
+            if channel is not None:
+                self._fallback(BEFORE_INVALID_EVENT)
+            indexes = indexes[taken:]
         state.fail(indexes, verdict.reason, verdict.after, verdict.failure)
         state.stopped = True
 
@@ -501,7 +495,6 @@ class SplunkHecSink:
                             failure=Failure.DESTINATION,
                         )
                         self._abandon(waiting, part)
-                    state.token_refused = True
                     return
                 self._ack_query_failed(channel, reply)
                 if reply.retry_after is not None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 import pytest
 
 from forwarder.failures import Failure
-from forwarder.sinks.base import Ok, Reject, Retry, Verdict
+from forwarder.sinks.base import Ok, Reject, Retry, TooLarge, Verdict
 from forwarder.sinks.splunk_hec.retry import (
     HecAnswer,
     classify,
     event_at_fault,
     is_token_failure,
     parse_answer,
+    taken_before_busy,
 )
 
 
@@ -47,7 +48,8 @@ def hec(status: int, code: int | None = None, text: str | None = None, **extra: 
         (hec(502, text="Bad gateway"), {}, Retry),
         (hec(429), {}, Retry),
         (hec(408), {}, Retry),
-        (hec(413, text="Content-Length of 9 too large (maximum is 8)"), {}, Reject),
+        # Too large: the framework sends the events again in halves.
+        (hec(413, text="Content-Length of 9 too large (maximum is 8)"), {}, TooLarge),
         (hec(400, text="Bad request"), {}, Reject),
         (hec(405), {}, Reject),
         (hec(200, 8, "Internal server error"), {}, Retry),  # 2xx with an error code is no ack
@@ -118,6 +120,22 @@ def test_failure_classes(answer: HecAnswer, failure: Failure) -> None:
 )
 def test_event_at_fault(answer: HecAnswer, size: int, expected: int | None) -> None:
     assert event_at_fault(answer, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "size", "expected"),
+    [
+        # Busy after taking the first two events: they are in, the rest waits.
+        (hec(503, 9, "Server is busy", invalid_event=2), 5, 2),
+        (hec(503, 9, invalid_event=0), 5, 0),  # nothing taken
+        (hec(503, 9, invalid_event=5), 5, 0),  # out of the batch: not trusted
+        (hec(503, 9), 5, 0),  # no number: the whole request waits
+        (hec(400, 6, invalid_event=2), 5, 0),  # not busy: the event is at fault (above)
+        (hec(500, 8, invalid_event=2), 5, 0),
+    ],
+)
+def test_taken_before_busy(answer: HecAnswer, size: int, expected: int) -> None:
+    assert taken_before_busy(answer, size) == expected
 
 
 def test_parse_documented_body() -> None:
