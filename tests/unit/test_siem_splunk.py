@@ -280,9 +280,16 @@ def test_eventtype_and_tags_put_every_sourcetype_in_the_change_data_model() -> N
     eventtypes = _conf("eventtypes.conf")
     tags = _conf("tags.conf")
     search = eventtypes["aha_audit_change"]["search"]
-    pattern = re.fullmatch(r'sourcetype="([^"]+)"', search)
+    pattern = re.fullmatch(r'sourcetype="([^"]+)" \((action="\w+"(?: OR action="\w+")*)\)', search)
     assert pattern, search
     assert all(fnmatch.fnmatchcase(name, pattern.group(1)) for name in SOURCETYPES)
+    # Every audit is in it, in every format; an event of another kind (security) is not.
+    actions = set(re.findall(r'action="(\w+)"', pattern.group(2)))
+    for sourcetype in SOURCETYPES:
+        for name, event in EVENTS.items():
+            if name.startswith(SAMPLE):
+                is_audit = (event.get("aha") or {}).get("event") == "audit"
+                assert (_cim(sourcetype, event)["action"] in actions) == is_audit, name
     assert dict(tags["eventtype=aha_audit_change"]) == {"change": "enabled", "audit": "enabled"}
 
 
@@ -292,3 +299,141 @@ def test_the_app_is_shared_and_versioned_with_the_forwarder() -> None:
     assert app["package"]["id"] == app["id"]["name"] == "TA-aha-siem"
     meta = (APP / "metadata" / "default.meta").read_text()
     assert "export = system" in meta
+
+
+# --- the EVAL expressions, evaluated -----------------------------------------------------------
+# A small evaluator for the part of Splunk's eval language the stanzas use: string and number
+# literals, 'quoted' and bare field names, ==, and case, coalesce, if, mvindex, split, replace,
+# true. Null is None; a multivalue field is a list.
+
+_TOKEN = re.compile(
+    r'\s*(?:("(?:\\.|[^"\\])*")|(\'[^\']+\')|(==)|([(),])|(-?\d+)|([A-Za-z_][\w.{}]*))'
+)
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    found, position = [], 0
+    while position < len(text.rstrip()):
+        match = _TOKEN.match(text, position)
+        assert match, f"cannot read {text[position:]!r}"
+        kinds = ("string", "field", "eq", "punct", "number", "name")
+        kind = next(k for k, group in zip(kinds, match.groups(), strict=True) if group)
+        found.append((kind, match.group(match.lastindex or 0)))
+        position = match.end()
+    return found
+
+
+def _single(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def _evaluate(expression: str, fields: dict[str, Any]) -> Any:
+    tokens = _tokens(expression)
+    position = 0
+
+    def take() -> tuple[str, str]:
+        nonlocal position
+        position += 1
+        return tokens[position - 1]
+
+    def primary() -> Any:
+        kind, text = take()
+        if kind == "string":
+            return text[1:-1].replace('\\"', '"')
+        if kind == "number":
+            return int(text)
+        if kind == "field":
+            return _single(fields.get(text[1:-1]))
+        if position < len(tokens) and tokens[position] == ("punct", "("):
+            take()
+            args = []
+            while tokens[position] != ("punct", ")"):
+                args.append(expr())
+                if tokens[position] == ("punct", ","):
+                    take()
+            take()
+            return _call(text, args)
+        return _single(fields.get(text))
+
+    def expr() -> Any:
+        left = primary()
+        if position < len(tokens) and tokens[position][0] == "eq":
+            take()
+            right = primary()
+            return None if left is None or right is None else str(left) == str(right)
+        return left
+
+    value = expr()
+    assert position == len(tokens), f"unread: {tokens[position:]}"
+    return value
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    if name == "true":
+        return True
+    if name == "coalesce":
+        return next((arg for arg in args if arg is not None), None)
+    if name == "if":
+        return args[1] if args[0] else args[2]
+    if name == "case":
+        pairs = zip(args[::2], args[1::2], strict=True)
+        return next((value for test, value in pairs if test), None)
+    if args[0] is None:
+        return None
+    if name == "mvindex":
+        values = args[0] if isinstance(args[0], list) else [args[0]]
+        return values[args[1]] if -len(values) <= args[1] < len(values) else None
+    if name == "split":
+        return _single(str(args[0]).split(args[1]))
+    if name == "replace":
+        return re.sub(args[1], args[2], str(args[0]))
+    raise AssertionError(f"no evaluator for {name}()")
+
+
+def _cim(sourcetype: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The CIM fields Splunk would show for `event` in `sourcetype` (FIELDALIAS, then EVAL)."""
+    fields = _extracted(sourcetype, _raw(sourcetype, event))
+    stanza = PROPS[sourcetype]
+    result: dict[str, Any] = {}
+    for key, value in stanza.items():
+        if key.startswith("FIELDALIAS-"):
+            for source, target in _aliases(value):
+                result[target] = _single(fields.get(source))
+    for key, value in stanza.items():
+        if key.startswith("EVAL-"):
+            result[key[len("EVAL-") :]] = _evaluate(value, fields)
+    return result
+
+
+SAMPLE = "forwarder/samples/"
+
+
+def test_a_feature_update_reads_the_same_in_every_format() -> None:
+    event = EVENTS[SAMPLE + "feature_update_status.json"]
+    for sourcetype in sorted(SOURCETYPES):
+        cim = _cim(sourcetype, event)
+        assert cim["action"] == "modified", sourcetype
+        assert cim["object"] == "DEMO-28", sourcetype
+        assert cim["object_category"] == "feature", sourcetype
+        assert cim["object_id"] == event["aha"]["audit"]["auditable"]["id"], sourcetype
+        assert cim["object_attrs"] == "Workflow status", sourcetype
+        assert cim["user"] == "priya.menon@example.com", sourcetype
+        assert cim["user_name"] == "Priya Menon", sourcetype
+        assert cim["dest"] == cim["src"] == cim["dvc"] == "acme.aha.io", sourcetype
+        assert cim["status"] == "success", sourcetype
+        assert cim["result"] == "feature-update", sourcetype
+        assert cim["change_type"] == "application", sourcetype
+        assert cim["vendor_product"] == "Aha! Roadmaps", sourcetype
+        assert cim["description"] == event["message"], sourcetype
+
+
+@pytest.mark.parametrize("sourcetype", sorted(SOURCETYPES))
+def test_every_sample_gives_the_same_cim_fields_as_its_ecs_event(sourcetype: str) -> None:
+    for name, event in EVENTS.items():
+        if not name.startswith(SAMPLE):
+            continue
+        ecs, other = _cim("aha:audit:ecs", event), _cim(sourcetype, event)
+        assert other == ecs, name
+        assert ecs["action"] in CIM_ACTIONS | {"unknown"}
+        if event.get("user") is None:
+            assert ecs["user"] == "unknown", name
