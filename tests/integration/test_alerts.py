@@ -25,6 +25,7 @@ import yaml
 from forwarder.config import parse
 from tests.integration.conftest import stack_config, wait_http_ok, wait_worker_settled
 from tests.integration.kafka_io import read_topic
+from tests.integration.test_prometheus_scrape import parse_expression
 
 pytest.importorskip("sigma", reason="pySigma comes with the dev extra")
 
@@ -259,6 +260,26 @@ def test_the_detections_rows_of_the_metrics_catalogue_are_exposed(alert_stack: A
     text = httpx.get(alert_stack.metrics_url, timeout=5).text
     exposed = dict(re.findall(r"^# TYPE (aha_siem_detections_[a-z0-9_]+) (\w+)$", text, re.M))
     assert exposed == documented
+
+
+def test_the_alerts_panel_reads_what_the_detections_process_exposes(
+    alert_stack: AlertStack,
+) -> None:
+    """The dashboard's "Alerts by rule" queries (their metrics and `by` labels), which the
+    Prometheus scrape test cannot check on its stack without detections."""
+    dashboard = orjson.loads((ROOT / "grafana/dashboards/aha-siem-overview.json").read_bytes())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Alerts by rule"]
+    text = httpx.get(alert_stack.metrics_url, timeout=5).text
+    declared = dict(re.findall(r"^# TYPE (aha_siem_[a-z0-9_]+) (\w+)$", text, re.M))
+    for target in panel["targets"]:
+        selectors, grouping = parse_expression(target["expr"])
+        for selector in selectors:
+            assert selector.metric in declared, selector.metric
+            if selector.metric == "aha_siem_detections_alerts_total":
+                # Exposed at 0 from the start for every alerting rule, with its labels.
+                series = re.findall(rf"^{selector.metric}\{{(.*)\}} ", text, re.M)
+                assert any(f'rule="{BURST}"' in labels for labels in series)
+                assert all(f'{label}="' in series[0] for label in grouping)
 
 
 @pytest.mark.parametrize("restart", ["detections-sigkill", "worker-sigterm"])
