@@ -78,6 +78,10 @@ def test_every_sigma_rule_has_a_scheduled_analytics_rule() -> None:
         assert properties["displayName"] == rule.title
         assert rule_name(rule) in properties["description"]
         assert properties["severity"] in {"Informational", "Low", "Medium", "High"}
+        # Sentinel's limits for a scheduled rule.
+        assert len(properties["query"]) <= 10_000
+        assert len(properties["displayName"]) <= 256
+        assert len(properties["description"]) <= 5_000
         assert set(properties["tactics"]) <= SENTINEL_TACTICS
         assert all(re.fullmatch(r"T\d{4}", t) for t in properties["techniques"])
         attack = [t.name for t in rule.tags if t.namespace == "attack"]
