@@ -125,158 +125,13 @@ def about(verdict: Verdict, where: str) -> Verdict:
     return dataclasses.replace(verdict, reason=f"{where}: {verdict.reason}")
 
 
-# Migration (docs/decisions/0010): the exceptions of sinks that do not return verdicts yet.
 class SinkError(Exception):
-    """A delivery that did not succeed; `retriable` says whether trying again can help.
+    """The destination cannot be reached or used: raised by `start` and `healthcheck` only,
+    which have no batch to report on (`send_batch` returns verdicts instead)."""
 
-    `failure` is its class in the project's taxonomy (forwarder/failures.py): by default
-    TRANSIENT when retriable, RECORD when not. DESTINATION is retried like TRANSIENT but logged
-    as an error; UNRECOGNIZED is retried at most `retry.max_unrecognized_attempts` times.
-
-    `request_ids` maps positions of the batch given to `send_batch` to the destination's id of
-    the request that carried them (Azure's `x-ms-client-request-id`): a dead-lettered event
-    keeps it, to be found in the destination's own logs.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retriable: bool = True,
-        retry_after: float | None = None,
-        reason: str | None = None,
-        failure: Failure | None = None,
-        request_ids: Mapping[int, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.retriable = retriable
         self.retry_after = retry_after
-        self.reason = reason or ("unavailable" if retriable else "rejected")
-        self.failure = failure or (Failure.TRANSIENT if retriable else Failure.RECORD)
-        self.attempts = 1
-        self.request_ids = dict(request_ids or {})
-
-
-class PartialFailure(SinkError):
-    """Some events of a batch were not taken; the rest were.
-
-    `retry` holds the indexes (into the batch given to `send_batch`) worth sending again,
-    `rejected` maps the indexes that never can be taken to the reason. `unrecognized` maps the
-    indexes of `retry` whose answer the sink could not interpret to what it said: they are
-    retried a bounded number of times only.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry: Sequence[int] = (),
-        rejected: Mapping[int, str] | None = None,
-        retry_after: float | None = None,
-        unrecognized: Mapping[int, str] | None = None,
-        failure: Failure | None = None,
-        request_ids: Mapping[int, str] | None = None,
-    ) -> None:
-        super().__init__(
-            message,
-            retriable=bool(retry),
-            retry_after=retry_after,
-            reason="partial",
-            failure=failure,
-            request_ids=request_ids,
-        )
-        self.retry = tuple(retry)
-        self.rejected = dict(rejected or {})
-        self.unrecognized = {
-            index: reason for index, reason in (unrecognized or {}).items() if index in self.retry
-        }
-
-
-def raise_for(verdict: Verdict, message: str, request_ids: Mapping[int, str] | None = None) -> None:
-    """Turn a classifier's verdict into the SinkError `deliver` understands (Ok returns)."""
-    if isinstance(verdict, Retry):
-        raise SinkError(
-            f"{message}: {verdict.reason}",
-            retriable=True,
-            retry_after=verdict.after,
-            failure=verdict.failure,
-            request_ids=request_ids,
-        )
-    if isinstance(verdict, Reject):
-        raise SinkError(
-            f"{message}: {verdict.reason}",
-            retriable=False,
-            reason="rejected",
-            request_ids=request_ids,
-        )
-
-
-def partial_failure(
-    verdicts: Mapping[int, Verdict], message: str, request_ids: Mapping[int, str] | None = None
-) -> PartialFailure | None:
-    """The PartialFailure for per-event verdicts (by index in the batch), or None if all are Ok."""
-    retry = sorted(index for index, verdict in verdicts.items() if isinstance(verdict, Retry))
-    rejected = {
-        index: verdict.reason
-        for index, verdict in sorted(verdicts.items())
-        if isinstance(verdict, Reject)
-    }
-    if not retry and not rejected:
-        return None
-    retried = [verdict for verdict in verdicts.values() if isinstance(verdict, Retry)]
-    waits = [verdict.after for verdict in retried if verdict.after]
-    unrecognized = {
-        index: verdict.reason
-        for index, verdict in sorted(verdicts.items())
-        if isinstance(verdict, Retry) and verdict.failure is Failure.UNRECOGNIZED
-    }
-    first = next(iter(rejected.values()), None)
-    if first is None:
-        verdict = verdicts[retry[0]]
-        first = verdict.reason if isinstance(verdict, Retry) else ""
-    return PartialFailure(
-        f"{message}: {len(retry)} of {len(verdicts)} to retry, {len(rejected)} rejected; "
-        f"first: {first}",
-        retry=retry,
-        rejected=rejected,
-        retry_after=max(waits) if waits else None,
-        unrecognized=unrecognized,
-        failure=_worst(verdict.failure for verdict in retried) if retry else None,
-        request_ids=request_ids,
-    )
-
-
-def settle_batch(
-    whole: Verdict | None,
-    verdicts: Mapping[int, Verdict],
-    *,
-    sink: str,
-    request: str,
-    batch: str,
-    request_ids: Mapping[int, str] | None = None,
-) -> None:
-    """End a batch sent as one request (maybe split): return when every event was delivered.
-
-    `whole` is the failure of the request itself, raised as a SinkError named by `request`;
-    otherwise the per-event `verdicts` become a PartialFailure named by `batch`, its rejections
-    logged with their reasons. `request_ids` (by index in the batch) go with the error.
-    """
-    if whole is not None:
-        raise_for(whole, request, request_ids)
-        return
-    failure = partial_failure(verdicts, batch, request_ids)
-    if failure is None:
-        return
-    if failure.rejected:
-        log.warning(
-            "events rejected by the destination",
-            extra={
-                "sink": sink,
-                "rejected": len(failure.rejected),
-                "reasons": sorted({reason.split(":")[0] for reason in failure.rejected.values()}),
-            },
-        )
-    raise failure
 
 
 class Sink(Protocol):
@@ -293,7 +148,7 @@ class Sink(Protocol):
     def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
         """The bytes `send_batch` takes for one event (`payload` is it in the sink's format)."""
 
-    async def send_batch(self, events: Sequence[bytes]) -> BatchResult | None:
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
         """Send the events once and say what became of each; raise only for a bug."""
 
     async def close(self) -> None:
@@ -451,11 +306,7 @@ async def deliver(
         while requests:
             group = requests.popleft()
             outcome.requests += 1
-            try:
-                answered = await sink.send_batch([events[index] for index in group])
-            except SinkError as error:  # migration: a sink that still raises
-                answered = _legacy_result(error, len(group))
-            result = DELIVERED if answered is None else answered
+            result = await sink.send_batch([events[index] for index in group])
             for position, request_id in result.request_ids.items():
                 if 0 <= position < len(group):
                     outcome.request_ids[group[position]] = request_id
@@ -541,25 +392,3 @@ async def deliver(
 def _halves(indexes: list[int]) -> list[list[int]]:
     middle = len(indexes) // 2
     return [indexes[:middle], indexes[middle:]] if middle else [indexes]
-
-
-def _legacy_result(error: SinkError, size: int) -> BatchResult:
-    """The verdicts a SinkError or PartialFailure stood for (until every sink returns them)."""
-    if isinstance(error, PartialFailure):
-        items: dict[int, Verdict] = {}
-        failure = Failure.TRANSIENT if error.failure is Failure.UNRECOGNIZED else error.failure
-        for position in error.retry:
-            if position in error.unrecognized:
-                items[position] = Retry(
-                    error.unrecognized[position], error.retry_after, Failure.UNRECOGNIZED
-                )
-            else:
-                items[position] = Retry(str(error), error.retry_after, failure)
-        for position, reason in error.rejected.items():
-            items[position] = Reject(reason)
-        return BatchResult.each(items, error.request_ids)
-    if error.retriable:
-        return BatchResult.of(
-            Retry(str(error), error.retry_after, error.failure), error.request_ids
-        )
-    return BatchResult.of(Reject(str(error)), error.request_ids)

@@ -9,27 +9,30 @@ from prometheus_client import CollectorRegistry
 from forwarder.failures import Failure
 from forwarder.metrics import SinkMetrics
 from forwarder.sinks.base import (
+    DELIVERED,
     UNRECOGNIZED_ANSWER,
+    BatchResult,
     Ok,
-    PartialFailure,
+    Reject,
     Retry,
-    SinkError,
+    TooLarge,
     Verdict,
+    about,
     deliver,
-    partial_failure,
-    raise_for,
 )
 from forwarder.sinks.config import RetryConfig
 
 
 class ScriptedSink:
-    """Fails with the scripted errors in turn, then accepts."""
+    """Answers with the scripted results in turn (each about the batch it is given), then
+    takes everything."""
 
     name = "scripted"
 
-    def __init__(self, *errors: SinkError) -> None:
-        self.errors = list(errors)
+    def __init__(self, *results: BatchResult) -> None:
+        self.results = list(results)
         self.calls = 0
+        self.batches: list[list[bytes]] = []
         self.delivered: list[bytes] = []
 
     async def start(self) -> None: ...
@@ -38,11 +41,21 @@ class ScriptedSink:
 
     async def close(self) -> None: ...
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
         self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        self.delivered.extend(events)
+        self.batches.append(list(events))
+        result = self.results.pop(0) if self.results else DELIVERED
+        self.delivered.extend(
+            event
+            for position, event in enumerate(events)
+            if isinstance(result.verdict(position), Ok)
+        )
+        return result
+
+
+def failed(verdict: Verdict, **request_ids: str) -> BatchResult:
+    """One verdict for the whole request."""
+    return BatchResult.of(verdict, {int(k[1:]): v for k, v in request_ids.items()})
 
 
 def metrics() -> tuple[SinkMetrics, CollectorRegistry]:
@@ -51,10 +64,7 @@ def metrics() -> tuple[SinkMetrics, CollectorRegistry]:
 
 
 async def test_retriable_failures_are_retried_until_delivered() -> None:
-    sink = ScriptedSink(
-        SinkError("503", retriable=True, retry_after=0.01),
-        SinkError("timeout", retriable=True, retry_after=0.01),
-    )
+    sink = ScriptedSink(failed(Retry("503", 0.01)), failed(Retry("timeout", 0.01)))
     worker_metrics, registry = metrics()
     await deliver(sink, [b"a", b"b"], worker_metrics)
     assert sink.delivered == [b"a", b"b"]
@@ -65,9 +75,7 @@ async def test_retriable_failures_are_retried_until_delivered() -> None:
 
 
 async def test_a_rejection_dead_letters_the_batch_without_retrying() -> None:
-    sink = ScriptedSink(
-        SinkError("503", retriable=True, retry_after=0.01), SinkError("400 bad", retriable=False)
-    )
+    sink = ScriptedSink(failed(Retry("503", 0.01)), failed(Reject("400 bad")))
     worker_metrics, registry = metrics()
     outcome = await deliver(sink, [b"a"], worker_metrics)
     assert outcome.rejected == {0: "400 bad"}
@@ -80,33 +88,16 @@ async def test_a_rejection_dead_letters_the_batch_without_retrying() -> None:
     )
 
 
-class PartialSink(ScriptedSink):
-    """Takes what the script allows: each call names positions to retry and to reject."""
-
-    def __init__(self, *script: tuple[list[int], dict[int, str]]) -> None:
-        super().__init__()
-        self.script = list(script)
-        self.batches: list[list[bytes]] = []
-
-    async def send_batch(self, events: Sequence[bytes]) -> None:
-        self.calls += 1
-        self.batches.append(list(events))
-        if self.script:
-            retry, rejected = self.script.pop(0)
-            self.delivered.extend(
-                event
-                for position, event in enumerate(events)
-                if position not in retry and position not in rejected
-            )
-            raise PartialFailure("some failed", retry=retry, rejected=rejected, retry_after=0.01)
-        self.delivered.extend(events)
-
-
 async def test_a_partial_failure_resends_only_the_retriable_items_and_reports_the_rejected() -> (
     None
 ):
     # First call: d is rejected, b and c are retried; second call (b, c): c retried again.
-    sink = PartialSink(([1, 2], {3: "mapper_parsing_exception"}), ([1], {}))
+    sink = ScriptedSink(
+        BatchResult.each(
+            {1: Retry("busy", 0.01), 2: Retry("busy", 0.01), 3: Reject("mapper_parsing_exception")}
+        ),
+        BatchResult.each({1: Retry("busy", 0.01)}),
+    )
     worker_metrics, registry = metrics()
     outcome = await deliver(sink, [b"a", b"b", b"c", b"d"], worker_metrics)
     assert sink.batches == [[b"a", b"b", b"c", b"d"], [b"b", b"c"], [b"c"]]
@@ -117,13 +108,15 @@ async def test_a_partial_failure_resends_only_the_retriable_items_and_reports_th
 
 
 async def test_max_attempts_sends_what_never_succeeded_to_the_dead_letter_side() -> None:
-    sink = ScriptedSink(*[SinkError("503", retriable=True, retry_after=0.0)] * 5)
+    sink = ScriptedSink(*[failed(Retry("503", 0.0))] * 5)
     worker_metrics, _ = metrics()
     outcome = await deliver(sink, [b"a", b"b"], worker_metrics, RetryConfig(max_attempts=3))
     assert sink.calls == 3
     assert outcome.delivered == []
     assert set(outcome.rejected) == {0, 1}
-    assert all(reason.startswith("retries exhausted") for reason in outcome.rejected.values())
+    assert all(reason == "retries exhausted: 503" for reason in outcome.rejected.values())
+    assert outcome.exhausted == {0, 1}
+    assert outcome.dead_letter_reason(0) == "retries_exhausted"
 
 
 async def test_retry_after_from_the_destination_sets_the_wait(
@@ -135,14 +128,14 @@ async def test_retry_after_from_the_destination_sets_the_wait(
         waits.append(seconds)
 
     monkeypatch.setattr("asyncio.sleep", fake_sleep)
-    sink = ScriptedSink(SinkError("429", retriable=True, retry_after=7.0))
+    sink = ScriptedSink(failed(Retry("429", 7.0)), failed(Retry("429", 900.0)))
     worker_metrics, _ = metrics()
     await deliver(sink, [b"a"], worker_metrics, RetryConfig(initial_backoff_seconds=0.1))
-    assert waits == [7.0]
+    assert waits == [7.0, 600.0]  # an absurd Retry-After is capped
 
 
-def unreadable(answer: str = "HTTP 200: <html>Welcome</html>") -> SinkError:
-    return SinkError(answer, retriable=True, retry_after=0.0, failure=Failure.UNRECOGNIZED)
+def unreadable(answer: str = "HTTP 200: <html>Welcome</html>") -> BatchResult:
+    return failed(Retry(answer, 0.0, Failure.UNRECOGNIZED))
 
 
 async def test_an_answer_not_understood_is_retried_a_bounded_number_of_times_then_dead_lettered(
@@ -184,9 +177,7 @@ async def test_an_answer_not_understood_is_retried_a_bounded_number_of_times_the
 
 async def test_the_default_bound_is_three_and_an_understood_answer_in_between_is_no_reset() -> None:
     # An outage between two unreadable answers neither counts nor resets the count.
-    sink = ScriptedSink(
-        unreadable(), SinkError("503", retriable=True, retry_after=0.0), unreadable(), unreadable()
-    )
+    sink = ScriptedSink(unreadable(), failed(Retry("503", 0.0)), unreadable(), unreadable())
     worker_metrics, _ = metrics()
     outcome = await deliver(sink, [b"a"], worker_metrics, RetryConfig())
     assert RetryConfig().max_unrecognized_attempts == 3
@@ -204,21 +195,18 @@ class UnreadItemSink(ScriptedSink):
     def __init__(self, unread: bytes) -> None:
         super().__init__()
         self.unread = unread
-        self.batches: list[list[bytes]] = []
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
         self.calls += 1
         self.batches.append(list(events))
-        verdicts: dict[int, Verdict] = {
-            position: Retry("bulk item without a status", 0.0, Failure.UNRECOGNIZED)
-            if event == self.unread
-            else Ok()
-            for position, event in enumerate(events)
-        }
         self.delivered.extend(event for event in events if event != self.unread)
-        failure = partial_failure(verdicts, "bulk")
-        if failure is not None:
-            raise failure
+        return BatchResult.each(
+            {
+                position: Retry("bulk item without a status", 0.0, Failure.UNRECOGNIZED)
+                for position, event in enumerate(events)
+                if event == self.unread
+            }
+        )
 
 
 async def test_one_item_not_understood_is_bounded_alone_and_the_rest_delivered() -> None:
@@ -233,33 +221,30 @@ async def test_one_item_not_understood_is_bounded_alone_and_the_rest_delivered()
     assert registry.get_sample_value("aha_siem_sink_events_sent_total", {"sink": "scripted"}) == 2
 
 
-def test_verdicts_carry_their_failure_class_into_the_error() -> None:
-    with pytest.raises(SinkError) as caught:
-        raise_for(Retry("401", failure=Failure.DESTINATION), "post")
-    assert caught.value.retriable and caught.value.failure is Failure.DESTINATION
-    with pytest.raises(SinkError) as caught:
-        raise_for(Retry("503"), "post")
-    assert caught.value.failure is Failure.TRANSIENT
-    # Sinks that never heard of the taxonomy keep working: retriable is transient, else record.
-    assert SinkError("x", retriable=True).failure is Failure.TRANSIENT
-    assert SinkError("x", retriable=False).failure is Failure.RECORD
-    partial = partial_failure(
-        {0: Ok(), 1: Retry("busy"), 2: Retry("403", failure=Failure.DESTINATION)}, "bulk"
-    )
-    assert partial is not None and partial.failure is Failure.DESTINATION
-    assert partial.unrecognized == {}
+def test_every_verdict_carries_its_failure_class() -> None:
+    assert Retry("503").failure is Failure.TRANSIENT
+    assert Retry("401", failure=Failure.DESTINATION).failure is Failure.DESTINATION
+    assert Reject("400").failure is Failure.RECORD
+    assert TooLarge("413").failure is Failure.RECORD
+    # Naming the request keeps the class and the wait.
+    named = about(Retry("403", 5.0, Failure.DESTINATION), "POST https://siem")
+    assert named == Retry("POST https://siem: 403", 5.0, Failure.DESTINATION)
+    assert about(Ok(), "POST https://siem") == Ok()
+
+
+def test_a_batch_result_has_one_verdict_per_position() -> None:
+    whole = BatchResult.of(Retry("503"))
+    assert whole.verdicts(2) == [Retry("503"), Retry("503")] and not whole.delivered
+    each = BatchResult.each({1: Reject("400")})
+    assert each.verdicts(3) == [Ok(), Reject("400"), Ok()] and not each.delivered
+    assert DELIVERED.verdicts(2) == [Ok(), Ok()] and DELIVERED.delivered
 
 
 async def test_a_destination_failure_is_logged_as_an_error_and_reports_the_sink_down(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="forwarder.sinks")
-    refused = SinkError(
-        "HTTP 403 (check the credentials)",
-        retriable=True,
-        retry_after=0.0,
-        failure=Failure.DESTINATION,
-    )
+    refused = failed(Retry("HTTP 403 (check the credentials)", 0.0, Failure.DESTINATION))
     sink = ScriptedSink(*[refused] * 6)
     worker_metrics, registry = metrics()
     outcome = await deliver(sink, [b"a"], worker_metrics, RetryConfig())
@@ -277,23 +262,12 @@ async def test_each_event_keeps_the_request_id_of_the_last_failed_request_that_c
     # Positions are those of each attempt's batch: after the first call only b and c remain,
     # so the second call's position 1 is c.
     sink = ScriptedSink(
-        PartialFailure(
-            "one rejected, two to retry",
-            retry=[1, 2],
-            rejected={0: "400"},
-            retry_after=0.01,
-            request_ids={0: "req-1", 1: "req-1", 2: "req-1"},
+        BatchResult.each(
+            {0: Reject("400"), 1: Retry("busy", 0.01), 2: Retry("busy", 0.01)},
+            {0: "req-1", 1: "req-1", 2: "req-1"},
         ),
-        SinkError("400 for c", retriable=False, request_ids={0: "req-2", 1: "req-3"}),
+        BatchResult.of(Reject("400 for c"), {0: "req-2", 1: "req-3"}),
     )
     outcome = await deliver(sink, [b"a", b"b", b"c"], metrics()[0])
     assert outcome.rejected.keys() == {0, 1, 2}
     assert outcome.request_ids == {0: "req-1", 1: "req-2", 2: "req-3"}
-
-
-def test_verdicts_carry_request_ids_into_the_error() -> None:
-    with pytest.raises(SinkError) as raised:
-        raise_for(Retry("503"), "upload", {0: "req"})
-    assert raised.value.request_ids == {0: "req"}
-    failure = partial_failure({0: Ok(), 1: Retry("busy")}, "batch", {0: "a", 1: "b"})
-    assert failure is not None and failure.request_ids == {0: "a", 1: "b"}

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from forwarder.config import Config
 from forwarder.metrics import SinkMetrics
+from forwarder.sinks.base import DELIVERED, BatchResult
 from forwarder.sinks.loop import SinkLoop
 
 
@@ -27,9 +28,10 @@ class GatedSink:
     def prepare(self, doc: dict[str, Any], payload: bytes) -> bytes:
         return payload
 
-    async def send_batch(self, events: Sequence[bytes]) -> None:
+    async def send_batch(self, events: Sequence[bytes]) -> BatchResult:
         self.batches.append(list(events))
         await self.gate.wait()
+        return DELIVERED
 
 
 def loop(tmp_path: Path, sink: GatedSink, acked: list[int], **route: Any) -> SinkLoop[int]:

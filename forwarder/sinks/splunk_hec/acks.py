@@ -50,7 +50,7 @@ ACK_UNAVAILABLE = "ack_unavailable"  # max_failed_polls failed queries in a row 
 ACK_TIMEOUT = "ack_timeout"  # still false after its last resend (on_unacknowledged: trust)
 ACK_DISABLED = "ack_disabled"  # the ack endpoint answered code 14
 NO_ACK_ID = "no_ack_id"  # the 200 carried no ackId
-BEFORE_INVALID_EVENT = "before_invalid_event"  # indexed ahead of the event a 400 or a busy 503 names
+BEFORE_INVALID_EVENT = "before_invalid_event"  # taken ahead of the event a 400 or 503 names
 
 _DETAIL_CHARS = 200
 
