@@ -223,3 +223,22 @@ def test_the_pipeline_uses_only_processors_both_products_have() -> None:
     mapped = TEMPLATE["template"]["mappings"]["properties"]
     assert mapped["event"]["properties"]["ingested"] == {"type": "date"}
     assert mapped["error"]["properties"]["message"]["type"] == "text"
+
+
+def test_bad_connection_settings_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "--url", "es.example.com:9200")
+    assert code == 2
+    assert "--url and ELASTICSEARCH_API_KEY" in err and "url: " in err
+
+    monkeypatch.setenv("ELASTICSEARCH_API_KEY", API_KEY)
+    monkeypatch.setenv("ELASTICSEARCH_USERNAME", "admin")
+    monkeypatch.setenv("ELASTICSEARCH_PASSWORD", PASSWORD)
+    code, _, err = _run(capsys, "--url", "https://es.example.com:9200")
+    assert code == 2
+    assert "set either api_key or username/password, not both" in err
+
+    code, _, err = _run(capsys)
+    assert code == 2
+    assert "give --url URL or --sink NAME (or --dry-run)" in err
