@@ -213,6 +213,10 @@ def test_dry_run_prints_the_requests_and_sends_nothing(
     assert '"default_pipeline": "aha-audit"' in out
 
 
+def test_the_pipeline_follows_the_templates_version() -> None:
+    assert PIPELINE["version"] == TEMPLATE["version"]
+
+
 def test_the_pipeline_uses_only_processors_both_products_have() -> None:
     steps = [*PIPELINE["processors"], *PIPELINE["on_failure"]]
     assert all(len(step) == 1 and next(iter(step)) in PROCESSORS for step in steps)
