@@ -47,13 +47,13 @@ def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) 
     from forwarder.pipeline.app import changelog_topics, create_app
     from forwarder.pipeline.children import SinkProcesses
 
+    detections = sinks and config.detections.enabled
+    if detections:
+        _check_rules(config)
     registry = CollectorRegistry()
     app = create_app(config, registry)
     asyncio.run(ensure_topics(config, extra=changelog_topics(app)))
     children = None
-    detections = sinks and config.detections.enabled
-    if detections:
-        _check_rules(config)
     if sinks and (config.sinks or detections):
         children = SinkProcesses(
             [sink.name for sink in config.sinks], config_path, registry, detections=detections

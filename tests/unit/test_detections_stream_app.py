@@ -4,15 +4,18 @@ stores and alerts for a match, which rules alert, and the config that routes ale
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 pytest.importorskip("sigma", reason="pySigma comes with the dev extra")
 
 from prometheus_client import CollectorRegistry
 
+from forwarder.cli import main
 from forwarder.config import Config, ConfigError, parse
 from forwarder.metrics import DetectionMetrics
 from forwarder.pipeline.alerts import Correlator, Detector, load_ruleset
@@ -115,3 +118,22 @@ def test_a_sink_reads_alerts_only_with_detections_enabled() -> None:
         parse({"sinks": [sink]})
     with pytest.raises(ConfigError, match="input"):
         parse({"sinks": [{**sink, "input": "raw"}]})
+
+
+def test_a_worker_with_rules_it_cannot_load_exits_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "rules"
+    empty.mkdir()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"detections": {"enabled": True, "rules_dir": str(empty)}}))
+    assert main(["worker", "--config", str(path)]) == 2
+    assert f"detections.rules_dir: {empty}: no Sigma rules (*.yml)" in capsys.readouterr().err
+    (empty / "kw.yml").write_text(
+        "title: kw\nname: kw\nlogsource: {product: aha, service: audit}\n"
+        "detection:\n  keywords: [secret]\n  condition: keywords\n"
+    )
+    assert main(["detections", "run", "--config", str(path)]) == 2
+    assert "kw: keyword detections (values without a field) are not supported" in (
+        capsys.readouterr().err
+    )
