@@ -48,7 +48,8 @@ KINDS: dict[str, str] = {
     "file": "file sink (ecs NDJSON, fsync) -> local file",
     "http": "http sink (ecs NDJSON) -> fake receiver",
     "splunk_hec": "splunk_hec sink (gzip, acks off) -> fake HEC",
-    "splunk_hec_acks": "splunk_hec sink (gzip, acks on) -> fake HEC",
+    "splunk_hec_acks": "splunk_hec sink (gzip, acks on, polled every 2 s) -> fake HEC",
+    "splunk_hec_acks_fast": "splunk_hec sink (gzip, acks on, polled every 0.25 s) -> fake HEC",
     "elasticsearch": "elasticsearch sink (_bulk create) -> fake ES",
     "sentinel": "sentinel sink (gzip) -> fake Entra + ingestion",
     "syslog": "syslog sink (tcp, syslog-cef) -> rsyslogd",
@@ -221,8 +222,8 @@ def receivers(
 
             entry = {"type": "http", "url": f"{url}/events"}
             out.append(Arrivals(kind, {"name": name, **entry}, http_ids))
-        elif kind in ("splunk_hec", "splunk_hec_acks"):
-            acks = kind == "splunk_hec_acks"
+        elif kind.startswith("splunk_hec"):
+            acks = kind != "splunk_hec"
             hec = FakeHec(ack=acks)
             url = stack.enter_context(_served(hec))
             start = [0]
@@ -232,6 +233,8 @@ def receivers(
 
             entry = {"type": "splunk_hec", "url": url, "token": next(iter(hec.tokens))}
             entry |= {"gzip": True, "acknowledgement": {"enabled": acks}}
+            if kind == "splunk_hec_acks_fast":
+                entry["acknowledgement"]["poll_interval_seconds"] = 0.25
             out.append(Arrivals(kind, {"name": name, **entry}, hec_ids))
         elif kind == "elasticsearch":
             es = FakeElasticsearch()
