@@ -11,8 +11,8 @@ Timing of the rules: Aha! posts an audit five minutes or more after the change, 
 `TimeGenerated` is the audit's time. A single-event rule therefore runs every
 `RULE_FREQUENCY` over `RULE_PERIOD` and keeps only rows ingested since its previous run
 (`ingestion_time()`), so a late row is seen once. A correlation rule (event count per group in
-a time span) counts in fixed windows of its span by the audit's time (`EventTime`) and reports
-a window once, on the first run after the window closed `CORRELATION_GRACE` ago.
+a time span) slides a window of its span over the audit's time (`EventTime`) and reports a
+burst once, on the first run after the event completing it is `CORRELATION_GRACE` old.
 """
 
 from __future__ import annotations
@@ -238,23 +238,33 @@ def _correlation_query(rule: SigmaCorrelationRule) -> tuple[str, list[str], time
             raise GenerateError(f"{rule_name(rule)}: group-by {field} is not a Kusto column")
         columns.append(KUSTO_FIELDS[field].column)
     span = timedelta(seconds=rule.timespan.seconds)
-    op = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<", "eq": "=="}[condition.op.name.lower()]
+    # "at least N in the span": the event N-1 rows before, in the same group, is within the span.
+    least = {"gte": condition.count, "gt": condition.count + 1}.get(condition.op.name.lower())
+    if least is None or least < 2 or not columns:
+        raise GenerateError(
+            f"{rule_name(rule)}: only `gte`/`gt` counts of 2 or more per group are converted"
+        )
+    back = least - 1
     window = kql_timespan(span)
     grace = kql_timespan(CORRELATION_GRACE)
     frequency = kql_timespan(CORRELATION_FREQUENCY)
-    by = ", ".join([*columns, f"Window = bin(EventTime, {window})"])
     # Groups without a value (no user) are not one actor: left out, as Sigma's engine does.
-    present = " and ".join(f"isnotempty({column})" for column in columns) or "true"
+    present = " and ".join(f"isnotempty({column})" for column in columns)
+    same = " and ".join(f"prev({column}, {back}) == {column}" for column in columns)
     query = "\n".join(
         [
             base.queries[0],
             f"| where {present}",
-            f"| summarize EventCount = count(), FirstEventTime = min(EventTime), "
-            f"LastEventTime = max(EventTime), EventKeys = make_set(EventKey, 100) by {by}",
-            f"| where EventCount {op} {condition.count}",
-            "// Each window once: on the first run after it closed, with time for late audits.",
-            f"| where Window + {window} <= ago({grace}) "
-            f"and Window + {window} > ago({grace}) - {frequency}",
+            f"| sort by {', '.join(f'{column} asc' for column in columns)}, EventTime asc",
+            "// A sliding window: the event "
+            f"{back} rows before, in the same group, within {window}.",
+            f"| extend WindowStart = iff({same}, prev(EventTime, {back}), datetime(null))",
+            f"| where isnotnull(WindowStart) and EventTime - WindowStart <= {window}",
+            "// Each event completing a burst once: reported by the run after it is "
+            f"{grace} old (late audits).",
+            f"| where EventTime <= ago({grace}) and EventTime > ago({grace}) - {frequency}",
+            f"| summarize FirstEventTime = min(WindowStart), LastEventTime = max(EventTime), "
+            f"EventsAtLeast = count() + {back} by {', '.join(columns)}",
         ]
     )
     return query, columns, span
@@ -283,8 +293,8 @@ def analytics_rule(rule: SigmaRule | SigmaCorrelationRule, table_id: str) -> dic
         query, columns, span = _correlation_query(rule)
         frequency = CORRELATION_FREQUENCY
         period = span + CORRELATION_GRACE + CORRELATION_FREQUENCY
-        output = {*columns, "EventCount"}
-        details = {"EventCount": "EventCount"}
+        output = {*columns, "EventsAtLeast"}
+        details = {"EventsAtLeast": "EventsAtLeast"}
     else:
         query = _single_query(rule)
         frequency, period = RULE_FREQUENCY, RULE_PERIOD

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 pytest.importorskip("sigma", reason="pySigma comes with the dev extra")
 
 from sigma.correlations import SigmaCorrelationRule
+from sigma.rule import SigmaRule
 
 from forwarder.cli import main
 from forwarder.detections.export import load_rules, rule_name
@@ -103,6 +105,46 @@ def test_single_event_rules_see_each_row_once_and_map_their_entities() -> None:
                 assert f"{mapping['columnName']} = " in query
 
 
+def _burst_groups(query: str, events: list[dict[str, Any]], base: SigmaRule) -> set[str]:
+    """The groups the correlation query's sliding window fires for, read back from the query
+    (the offset of `prev()` and the span) and applied to the events its base rule matches."""
+    from tests.unit.test_detections import _matched_ids
+
+    back = int(re.findall(r"prev\(EventTime, (\d+)\)", query)[0])
+    minutes = int(re.findall(r"EventTime - WindowStart <= (\d+)m", query)[0])
+    matched = _matched_ids(base, events)
+    rows = sorted(
+        (e["user"]["email"], datetime.fromisoformat(e["@timestamp"]))
+        for e in events
+        if e["event"]["id"] in matched and (e.get("user") or {}).get("email")
+    )
+    return {
+        group
+        for index, (group, when) in enumerate(rows)
+        if index >= back
+        and rows[index - back][0] == group
+        and when - rows[index - back][1] <= timedelta(minutes=minutes)
+    }
+
+
+def test_the_correlation_query_fires_on_its_rules_examples_only() -> None:
+    from tests.unit.test_detections import EXAMPLES, _bodies, _normalize
+
+    rules = _alert_rules()
+    for rule in RULES:
+        if not isinstance(rule, SigmaCorrelationRule):
+            continue
+        query = rules[str(rule.id)]["properties"]["query"]
+        (base,) = [ref.rule for ref in rule.rules or []]
+        assert isinstance(base, SigmaRule)
+        for kind, expected in (("positive", True), ("negative", False)):
+            paths = sorted((EXAMPLES / rule_name(rule) / kind).glob("*.json"))
+            assert paths
+            for path in paths:
+                events = [_normalize(body) for body in _bodies(path)]
+                assert bool(_burst_groups(query, events, base)) is expected, path.name
+
+
 def test_the_correlation_rule_counts_as_its_sigma_rule_says() -> None:
     rules = _alert_rules()
     correlations = [rule for rule in RULES if isinstance(rule, SigmaCorrelationRule)]
@@ -112,8 +154,11 @@ def test_the_correlation_rule_counts_as_its_sigma_rule_says() -> None:
         query = properties["query"]
         columns = [KUSTO_FIELDS[field].column for field in rule.group_by or []]
         minutes = rule.timespan.seconds // 60
-        assert f"by {', '.join(columns)}, Window = bin(EventTime, {minutes}m)" in query
-        assert f"| where EventCount >= {rule.condition.count}" in query  # type: ignore[union-attr]
+        count = rule.condition.count  # type: ignore[union-attr]
+        same = " and ".join(f"prev({column}, {count - 1}) == {column}" for column in columns)
+        assert f"| extend WindowStart = iff({same}, prev(EventTime, {count - 1})" in query
+        assert f"EventTime - WindowStart <= {minutes}m" in query
+        assert query.endswith(f"by {', '.join(columns)}")
         # The rule it counts, converted as the single-event rule is.
         (base,) = [ref.rule for ref in rule.rules or []]
         base_query = rules[str(base.id)]["properties"]["query"]
@@ -121,9 +166,7 @@ def test_the_correlation_rule_counts_as_its_sigma_rule_says() -> None:
         assert where in query
         # The period covers a window, the grace for late audits and one run.
         assert properties["queryPeriod"] == sentinel.iso_duration(
-            sentinel.timedelta(minutes=minutes)
-            + sentinel.CORRELATION_GRACE
-            + sentinel.CORRELATION_FREQUENCY
+            timedelta(minutes=minutes) + sentinel.CORRELATION_GRACE + sentinel.CORRELATION_FREQUENCY
         )
 
 
