@@ -437,3 +437,37 @@ def test_every_sample_gives_the_same_cim_fields_as_its_ecs_event(sourcetype: str
         assert ecs["action"] in CIM_ACTIONS | {"unknown"}
         if event.get("user") is None:
             assert ecs["user"] == "unknown", name
+
+
+# Settings of props.conf and transforms.conf as Splunk's .spec files name them; a misspelt key
+# would be ignored by Splunk without a word.
+PROPS_SETTINGS = {
+    "SHOULD_LINEMERGE",
+    "LINE_BREAKER",
+    "TRUNCATE",
+    "TIME_PREFIX",
+    "TIME_FORMAT",
+    "MAX_TIMESTAMP_LOOKAHEAD",
+    "TZ",
+    "KV_MODE",
+    "category",
+    "description",
+}
+PROPS_CLASSES = ("REPORT-", "EVAL-", "FIELDALIAS-")
+
+
+def test_every_setting_is_one_splunk_knows() -> None:
+    for sourcetype in PROPS.sections():
+        for key in PROPS[sourcetype]:
+            assert key in PROPS_SETTINGS or key.startswith(PROPS_CLASSES), f"{sourcetype}: {key}"
+            if key.startswith(PROPS_CLASSES):
+                assert re.fullmatch(r"[A-Z]+-\w+", key), f"{sourcetype}: {key}"
+        for key, value in PROPS[sourcetype].items():
+            if key.startswith("REPORT-"):
+                for transform in value.split(","):
+                    assert transform.strip() in TRANSFORMS, transform
+    for stanza in TRANSFORMS.sections():
+        assert set(TRANSFORMS[stanza]) == {"REGEX", "FORMAT"}, stanza
+        re.compile(TRANSFORMS[stanza]["REGEX"])
+    assert set(_conf("eventtypes.conf")["aha_audit_change"]) == {"search", "description"}
+    assert PROPS["aha:audit:ecs"]["KV_MODE"] == PROPS["aha:audit:ocsf"]["KV_MODE"] == "json"
