@@ -57,6 +57,12 @@ class Resource:
 def _read(path: Path) -> dict[str, Any]:
     try:
         body = json.loads(path.read_text())
+    except FileNotFoundError:
+        # siem/ is in a source checkout, not in the wheel.
+        raise SetupError(
+            f"{path}: no such file (give the file from a checkout's siem/elasticsearch/ "
+            "with --template FILE / --pipeline FILE)"
+        ) from None
     except (OSError, ValueError) as error:
         raise SetupError(f"{path}: {error}") from error
     if not isinstance(body, dict):

@@ -195,7 +195,7 @@ def test_an_unreachable_cluster_is_named_without_its_credentials(
         capsys, "--url", f"http://admin:{PASSWORD}@127.0.0.1:9/prefix", "--template", "/nope"
     )
     assert code == 2
-    assert "/nope" in err
+    assert "/nope: no such file (give the file from a checkout's siem/elasticsearch/" in err
 
     code, _, err = _run(capsys, "--url", f"http://admin:{PASSWORD}@127.0.0.1:9")
     assert code == 2
