@@ -52,6 +52,11 @@ async def stream(opensearch_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, 
     """A fresh data stream of the template holding every example event of every plain rule."""
     async with httpx.AsyncClient(base_url=opensearch_url, timeout=60) as cluster:
         body = json.loads(INDEX_TEMPLATE.read_text())
+        # Its own pattern, above the shipped template's priority: another module's copy of the
+        # shipped template (same patterns, same priority) may still be installed on the node,
+        # held there by its data streams, and two of them would be refused.
+        body["index_patterns"] = ["logs-aha.audit-detections*"]
+        body["priority"] = body.get("priority", 200) + 50
         answer = await cluster.put(f"/_index_template/{TEMPLATE_NAME}", json=body)
         assert answer.status_code == 200, answer.text
         name = f"logs-aha.audit-detections{uuid.uuid4().hex[:10]}"
