@@ -167,7 +167,6 @@ class Outcome:
     attempts: int = 0
     # The destination's id of the last failed request that carried each event, when it has one.
     request_ids: dict[int, str] = field(default_factory=dict)
-    requests: int = 0  # send_batch calls, halves of a request too large included
 
     def dead_letter_reason(self, index: int) -> str:
         """The reason label of a rejected event: rejected, retries_exhausted, unrecognized_answer."""
@@ -305,7 +304,6 @@ async def deliver(
         unrecognized: dict[int, str] = {}
         while requests:
             group = requests.popleft()
-            outcome.requests += 1
             result = await sink.send_batch([events[index] for index in group])
             for position, request_id in result.request_ids.items():
                 if 0 <= position < len(group):
