@@ -15,6 +15,7 @@ pytest.importorskip("sigma", reason="pySigma comes with the dev extra")
 
 from prometheus_client import CollectorRegistry
 
+from forwarder import logs
 from forwarder.cli import main
 from forwarder.config import Config, ConfigError, parse
 from forwarder.metrics import DetectionMetrics
@@ -121,8 +122,10 @@ def test_a_sink_reads_alerts_only_with_detections_enabled() -> None:
 
 
 def test_a_worker_with_rules_it_cannot_load_exits_naming_the_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The commands set up logging onto stderr, which is pytest's capture here and closed after.
+    monkeypatch.setattr(logs, "setup", lambda level: None)
     empty = tmp_path / "rules"
     empty.mkdir()
     path = tmp_path / "config.yaml"
