@@ -603,6 +603,8 @@ def _base(info: RuleInfo, alert_id: str, timestamp: Any, now: float) -> dict[str
         "event": {
             "kind": "alert",
             "id": alert_id,
+            # The rule: what a CEF or LEEF line of the alert names as its event class.
+            "action": info.name,
             "created": _iso(now),
             "dataset": "aha.alerts",
             "module": "aha",
@@ -654,7 +656,7 @@ def event_alert(detection: Detection, event: Mapping[str, Any], now: float) -> d
         if event.get(name) is not None:
             doc[name] = event[name]
     source = event.get("event") or {}
-    for name in ("category", "type", "action"):
+    for name in ("category", "type"):
         if source.get(name) is not None:
             doc["event"][name] = source[name]
     doc["related"] = {"user": list((event.get("related") or {}).get("user") or [])}

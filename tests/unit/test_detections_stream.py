@@ -18,6 +18,8 @@ from sigma.rule import SigmaRule
 
 from forwarder.detections import engine
 from forwarder.detections.export import RULES_DIR
+from forwarder.formats import encoder_for, format_names
+from forwarder.formats.options import FormatsConfig
 from tests.unit.test_detections import (
     CORRELATIONS,
     EXAMPLES,
@@ -258,6 +260,8 @@ def test_an_event_alert_is_an_ecs_alert_with_attack_and_the_event() -> None:
     alert = engine.event_alert(detection, event, NOW)
     assert alert["event"]["kind"] == "alert"
     assert alert["event"]["severity"] == 73
+    assert alert["event"]["action"] == "aha_privilege_granted"
+    assert alert["event"]["category"] == event["event"]["category"]
     assert alert["rule"]["name"] == "aha_privilege_granted"
     assert alert["rule"]["id"] == "f50bd39d-b545-429e-a464-a570b4eef25f"
     assert alert["rule"]["reference"] == "https://www.aha.io/api/resources/audits"
@@ -296,3 +300,28 @@ def test_a_burst_alert_names_the_user_the_window_and_the_subtechnique() -> None:
     assert threat["technique"]["subtechnique"]["reference"] == [
         "https://attack.mitre.org/techniques/T1562/008/"
     ]
+
+
+@pytest.mark.parametrize("name", format_names())
+def test_alerts_encode_in_every_output_format(name: str) -> None:
+    """A sink with `input: alerts` may use any format: both kinds of alert encode, and a CEF or
+    LEEF line names the rule as its event class."""
+    event = _normalize(
+        json.loads(
+            (EXAMPLES / "aha_privilege_granted/positive/user_made_administrator.json").read_text()
+        )
+    )
+    (detection,) = [d for d in RULESET.match(event) if d.info.name == "aha_privilege_granted"]
+    correlation = RULESET.by_name("aha_destroy_burst_by_user")
+    assert isinstance(correlation, engine.Correlation)
+    burst = engine.Burst(((NOW - 60, "1"), (NOW, "2")))
+    alerts = [
+        engine.event_alert(detection, event, NOW),
+        engine.burst_alert(correlation, ["priya.menon@example.com"], burst, NOW),
+    ]
+    encode = encoder_for(name, FormatsConfig())
+    for alert in alerts:
+        line = encode(alert)
+        assert line
+        if name.endswith("cef"):
+            assert f"|{alert['rule']['name']}|" in line.decode()
