@@ -325,3 +325,37 @@ def test_alerts_encode_in_every_output_format(name: str) -> None:
         assert line
         if name.endswith("cef"):
             assert f"|{alert['rule']['name']}|" in line.decode()
+
+
+def test_the_window_includes_both_ends_as_the_sqlite_backend_does() -> None:
+    """RANGE BETWEEN 600 PRECEDING AND CURRENT ROW: events exactly `timespan` apart share a
+    window; a millisecond more and they do not."""
+    rule = _burst_rule(threshold=2)
+    assert engine.add(rule, engine.Window(), 0.0, "a")[1] is None
+    window = engine.Window()
+    engine.add(rule, window, 0.0, "a")
+    assert engine.add(rule, window, 600.0, "b")[1] is not None
+    window = engine.Window()
+    engine.add(rule, window, 0.0, "a")
+    assert engine.add(rule, window, 600.001, "b")[1] is None
+
+
+def test_a_gt_condition_alerts_one_event_later_than_gte() -> None:
+    collection = SigmaCollection.from_yaml(
+        """
+title: base
+name: base
+logsource: {product: aha, service: audit}
+detection:
+  selection: {aha.audit.action: destroy}
+  condition: selection
+---
+title: burst
+name: burst
+correlation: {type: event_count, rules: [base], group-by: [user.email], timespan: 5m,
+              condition: {gt: 3}}
+"""
+    )
+    collection.resolve_rule_references()
+    (correlation,) = engine.compile_collection(collection).correlations
+    assert (correlation.threshold, correlation.timespan) == (4, 300.0)
