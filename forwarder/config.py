@@ -237,6 +237,9 @@ class DetectionsConfig(_Model):
     """Single-event rules below this Sigma level raise no alert (they still feed correlations)."""
     disabled_rules: tuple[str, ...] = ()
     """Names of rules that raise no alert of their own."""
+    from_beginning: bool = True
+    """At the first start (no offsets committed yet), read the events topic from its beginning
+    (alerts for the history it keeps); false: only the events that arrive from then on."""
 
     @field_validator("alerts_topic")
     @classmethod

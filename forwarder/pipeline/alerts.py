@@ -257,6 +257,9 @@ def create_detections_app(config: Config, registry: CollectorRegistry) -> faust.
         datadir=datadir,
     )
     app.monitor = FaustSensor(registry, app="detections")
+    if not config.detections.from_beginning:
+        # Only where the group has no committed offsets: a restart goes on where it stopped.
+        app.conf.consumer_auto_offset_reset = "latest"
     windows = app.Table(
         "detections-windows",
         default=None,

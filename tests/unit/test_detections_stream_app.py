@@ -140,3 +140,21 @@ def test_a_worker_with_rules_it_cannot_load_exits_naming_the_key(
     assert "kw: keyword detections (values without a field) are not supported" in (
         capsys.readouterr().err
     )
+
+
+def test_the_detections_app_starts_from_the_beginning_unless_told_not_to(tmp_path: Path) -> None:
+    from forwarder.pipeline.alerts import create_detections_app
+
+    offsets = {}
+    for from_beginning in (True, False):
+        config = parse(
+            {
+                "worker": {"data_dir": str(tmp_path / str(from_beginning))},
+                "detections": {"enabled": True, "from_beginning": from_beginning},
+            }
+        )
+        app = create_detections_app(config, CollectorRegistry())
+        offsets[from_beginning] = app.conf.consumer_auto_offset_reset
+        assert list(app.agents) == ["detect", "correlate"]
+        assert list(app.tables) == ["detections-windows"]
+    assert offsets == {True: "earliest", False: "latest"}
