@@ -230,7 +230,8 @@ class DetectionsConfig(_Model):
     enabled: bool = False
     """Evaluate the Sigma rules on the events topic (a process of the worker's) and produce alerts."""
     rules_dir: Path | None = None
-    """Folder of Sigma rules (*.yml); default: the checkout's detections/sigma."""
+    """Folder of Sigma rules (*.yml); default: the shipped rules (detections/sigma in a checkout,
+    <prefix>/share/aha-siem/detections/sigma once installed)."""
     alerts_topic: str = "aha.audit.alerts"
     """Topic of the ECS alerts (`event.kind: alert`); a sink reads it with `input: alerts`."""
     min_level: Literal["informational", "low", "medium", "high", "critical"] = "low"

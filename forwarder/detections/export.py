@@ -19,8 +19,9 @@ from forwarder.detections.pipeline import (
     kusto_pipeline,
     splunk_pipeline,
 )
+from forwarder.resources import shipped
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "detections" / "sigma"
+RULES_DIR = shipped("detections", "sigma")
 """The rules of a source checkout (`detections/sigma/`)."""
 
 CORRELATION_UNSUPPORTED = "Backend does not support correlation rules."

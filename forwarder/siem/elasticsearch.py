@@ -18,11 +18,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from forwarder.resources import shipped
 from forwarder.sinks.elasticsearch.config import ElasticsearchSinkConfig
 from forwarder.sinks.elasticsearch.sink import api_key_header
 from forwarder.sinks.http_common import build_client
 
-SIEM_DIR = Path(__file__).resolve().parents[2] / "siem"
+SIEM_DIR = shipped("siem")
 """`siem/` of a source checkout."""
 INDEX_TEMPLATE = SIEM_DIR / "elasticsearch" / "index-template.json"
 INGEST_PIPELINE = SIEM_DIR / "elasticsearch" / "ingest-pipeline.json"
@@ -58,7 +59,7 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         body = json.loads(path.read_text())
     except FileNotFoundError:
-        # siem/ is in a source checkout, not in the wheel.
+        # A checkout has siem/, an installed package <prefix>/share/aha-siem/siem/ (resources).
         raise SetupError(
             f"{path}: no such file (give the file from a checkout's siem/elasticsearch/ "
             "with --template FILE / --pipeline FILE)"
