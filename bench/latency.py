@@ -244,10 +244,11 @@ def receivers(
             async def es_ids(
                 es: FakeElasticsearch = es, known: set[tuple[str, str]] = known
             ) -> Any:
+                # dict.copy() is one step under the GIL; the fake's thread writes meanwhile.
                 new = [
                     (index, doc_id, doc)
-                    for index, docs in list(es.documents.items())
-                    for doc_id, doc in list(docs.items())
+                    for index, docs in es.documents.copy().items()
+                    for doc_id, doc in docs.copy().items()
                     if (index, doc_id) not in known
                 ]
                 known.update((index, doc_id) for index, doc_id, _ in new)
@@ -370,11 +371,13 @@ async def measure(
             loaded = {name: memory_kib(pid) for name, pid in made.pids().items()}
         finally:
             stop.set()
-            if poller is not None:
-                await poller
-            await asyncio.to_thread(made.stop)
-            for times in topics:
-                await times.stop()
+            try:
+                if poller is not None:
+                    await poller
+            finally:
+                await asyncio.to_thread(made.stop)
+                for times in topics:
+                    await times.stop()
     log(
         "latency: RSS MiB (RssAnon) idle -> after the window: "
         + ", ".join(
