@@ -83,7 +83,7 @@ bench-latency: venv
 	$(BIN)/python -m bench --only latency --latency-batch-seconds 0.5,0.25
 
 # RSS of the worker and of its sink processes over 1M distinct records (realtime dedupe, retention
-# shortened to 120 s so that it applies within the run): long (about 25 minutes), niced, not in `make bench`.
+# shortened to 120 s so that it applies within the run): long (21 minutes here), niced, not in `make bench`.
 BENCH_MEMORY_EVENTS ?= 1000000
 bench-memory: venv
 	nice -n 10 $(BIN)/python -m bench.memory --events $(BENCH_MEMORY_EVENTS)
