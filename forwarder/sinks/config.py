@@ -152,8 +152,8 @@ class SinkConfigBase(SinkModel):
     """Largest batch sent at once."""
     batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Largest batch in encoded bytes (an event larger than this is sent alone)."""
-    batch_max_seconds: float = Field(default=1.0, gt=0)
-    """Longest time an event waits for its batch to fill."""
+    batch_max_seconds: float = Field(default=0.5, gt=0)
+    """Longest time an event waits for its batch to fill (at low rates, most of its delay)."""
     route: RouteConfig = RouteConfig()
     """Which events this sink takes (record type, action, interesting, account, field, user)."""
     retry: RetryConfig = RetryConfig()

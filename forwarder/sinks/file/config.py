@@ -14,8 +14,6 @@ class FileSinkConfig(SinkConfigBase):
     type: Literal["file"]
     path: Path
     """File the events are appended to, one per line."""
-    batch_max_seconds: float = Field(default=0.5, gt=0)
-    """Longest time an event waits for its batch to fill."""
     fsync: bool = True
     """fsync after every batch (and the folder after a rotation) before acknowledging it."""
     rotate_max_bytes: int | None = Field(default=None, ge=1024)
