@@ -184,6 +184,33 @@ class IngestConfig(_Model):
         return self
 
 
+class RocksDBConfig(_Model):
+    """Memory of each RocksDB store: one per table and partition (`topics.partitions`).
+
+    A store holds up to `max_write_buffers` write buffers and one block cache, so the tables of a
+    worker take at most partitions x tables x (write_buffer_bytes x max_write_buffers +
+    block_cache_bytes): 8 x 1 x (2 x 4 + 8) = 128 MiB with realtime dedupe at the defaults (window
+    mode has a second table). Faust's own defaults (64 MiB x 3 and a 2 GiB cache per store) let
+    a worker grow to gigabytes.
+    """
+
+    write_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """Size of a store's in-memory write buffer (memtable) before it is flushed to disk."""
+    max_write_buffers: int = Field(default=2, ge=2)
+    """Write buffers a store may hold while one is flushed."""
+    block_cache_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    """A store's cache of blocks read from disk."""
+
+    def table_options(self) -> dict[str, int]:
+        """The options of Faust's `Table(options=...)` (faust.stores.rocksdb.RocksDBOptions)."""
+        return {
+            "write_buffer_size": self.write_buffer_bytes,
+            "max_write_buffer_number": self.max_write_buffers,
+            "block_cache_size": self.block_cache_bytes,
+            "block_cache_compressed_size": self.block_cache_bytes,
+        }
+
+
 class WorkerConfig(_Model):
     app_id: str = "aha-siem-worker"
     """Faust application id: the consumer group and the prefix of its internal topics."""
@@ -199,6 +226,8 @@ class WorkerConfig(_Model):
     """Raw records normalized per batch (one Kafka round trip per batch)."""
     batch_max_seconds: float = Field(default=0.05, gt=0)
     """Longest a raw record waits for its batch to fill."""
+    rocksdb: RocksDBConfig = RocksDBConfig()
+    """Memory of the tables' RocksDB stores (dedupe state, window index, detection windows)."""
 
 
 class DedupeConfig(_Model):

@@ -266,6 +266,7 @@ def create_detections_app(config: Config, registry: CollectorRegistry) -> faust.
         partitions=config.topics.partitions,
         key_type=bytes,
         value_type=bytes,
+        options=config.worker.rocksdb.table_options(),
         help="Per correlation rule and group: the events that may make a burst, the last alert.",
     )
     events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")

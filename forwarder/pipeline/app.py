@@ -136,6 +136,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             partitions=config.topics.partitions,
             key_type=bytes,
             value_type=bytes,
+            options=config.worker.rocksdb.table_options(),
             help="Per record: audits seen, changes and users shipped, its open window.",
         )
         # Timers cannot write tables (Faust needs an event to pick the changelog partition),
@@ -149,6 +150,7 @@ def create_app(config: Config, registry: CollectorRegistry) -> faust.App:
             partitions=config.topics.partitions,
             key_type=bytes,
             value_type=bytes,
+            options=config.worker.rocksdb.table_options(),
             help="Per record with an open window: when it opened, its partition, its size.",
         )
     source_topic = app.topic(*source_names, key_serializer="raw", value_serializer="raw")
