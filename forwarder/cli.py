@@ -88,9 +88,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load(args.file)
+    rules = ""
+    if config.detections.enabled:
+        from forwarder.pipeline.worker import check_rules
+
+        rules = f", {check_rules(config)} detection rule(s)"
     print(
-        f"{args.file}: ok ({len(config.ingest.tokens)} token(s), {len(config.sinks)} sink(s), "
-        f"bootstrap {config.kafka.bootstrap_servers})"
+        f"{args.file}: ok ({len(config.ingest.tokens)} token(s), {len(config.sinks)} sink(s)"
+        f"{rules}, bootstrap {config.kafka.bootstrap_servers})"
     )
     return 0
 

@@ -49,7 +49,7 @@ def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) 
 
     detections = sinks and config.detections.enabled
     if detections:
-        _check_rules(config)
+        check_rules(config)
     registry = CollectorRegistry()
     app = create_app(config, registry)
     asyncio.run(ensure_topics(config, extra=changelog_topics(app)))
@@ -80,9 +80,12 @@ def run(config: Config, config_path: Path | None = None, *, sinks: bool = True) 
             children.stop()
 
 
-def _check_rules(config: Config) -> None:
-    """Refuse to start with rules the detections process could not load (named, exit 2)."""
+def check_rules(config: Config) -> int:
+    """The number of rules the detections process loads; raises ConfigError (naming the key)
+    for rules it could not load, so the worker refuses to start and `config check` says why."""
     try:
+        from sigma.exceptions import SigmaError
+
         from forwarder.detections.engine import UnsupportedRule
         from forwarder.detections.export import RuleError
         from forwarder.pipeline.alerts import load_ruleset
@@ -92,9 +95,10 @@ def _check_rules(config: Config) -> None:
             "pip install 'aha-siem-forwarder[detections]'"
         ) from None
     try:
-        load_ruleset(config)
-    except (RuleError, UnsupportedRule, OSError) as error:
+        rules = load_ruleset(config)
+    except (RuleError, UnsupportedRule, SigmaError, OSError) as error:
         raise ConfigError(f"detections.rules_dir: {error}") from None
+    return len(rules.detections) + len(rules.correlations)
 
 
 def run_sink(config: Config, name: str, metrics_host: str, metrics_port: int) -> None:

@@ -123,3 +123,21 @@ def test_a_max_body_bytes_kafka_cannot_take_is_refused_naming_the_key(
     # Raising the Kafka side makes it fit.
     path.write_text("ingest:\n  max_body_bytes: 2097152\nkafka:\n  max_request_bytes: 2200000\n")
     assert cli.main(["config", "check", str(path)]) == 0
+
+
+def test_config_check_loads_the_detection_rules_when_detections_are_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sigma")
+    good = tmp_path / "good.yaml"
+    good.write_text("detections:\n  enabled: true\n")
+    assert cli.main(["config", "check", str(good)]) == 0
+    shipped = len(list((Path(__file__).resolve().parents[2] / "detections/sigma").glob("*.yml")))
+    assert f"{shipped} detection rule(s)" in capsys.readouterr().out
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "broken.yml").write_text("title: no detection\nlogsource: {product: aha}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"detections:\n  enabled: true\n  rules_dir: {rules}\n")
+    assert cli.main(["config", "check", str(bad)]) == 2
+    assert "detections.rules_dir" in capsys.readouterr().err
