@@ -35,10 +35,9 @@ from prometheus_client import CollectorRegistry
 
 from forwarder.config import Config
 from forwarder.detections import engine
-from forwarder.failures import Failure, classify_kafka
 from forwarder.kafka_client import ensure_topics, matches_topic_name
 from forwarder.metrics import DetectionMetrics
-from forwarder.pipeline.app import changelog_topics, new_faust_app
+from forwarder.pipeline.app import Record, changelog_topics, new_faust_app, produce_acked
 from forwarder.pipeline.sensors import FaustSensor
 
 log = logging.getLogger("forwarder.detections")
@@ -204,38 +203,19 @@ async def produce(
 ) -> list[Message]:
     """Produce every message and return those Kafka acknowledged, retrying the others until it
     does; one Kafka refuses for good is counted (`kafka_refused`), logged and left out."""
-    pending = list(messages)
-    done: list[Message] = []
-    attempt = 0
-    while pending:
-        futures = [
-            await app.producer.send(topic, key, value, None, None, None)
-            for key, value, _ in pending
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = []
-        for message, result in zip(pending, results, strict=True):
-            if not isinstance(result, BaseException):
-                done.append(message)
-                continue
-            if classify_kafka(result) is Failure.RECORD:
-                metrics.errors.labels(message[2], "kafka_refused").inc()
-                log.error(
-                    "kafka refused an alert for good, dropped",
-                    extra={"topic": topic, "rule": message[2], "error.type": type(result).__name__},
-                )
-                continue
-            failed.append(message)
-        if failed:
-            attempt += 1
-            delay = min(30.0, 0.5 * 2**attempt)
-            log.warning(
-                "produce failed, retrying",
-                extra={"topic": topic, "failed": len(failed), "retry_in": delay},
-            )
-            await asyncio.sleep(delay)
-        pending = failed
-    return done
+
+    def refused(message: Message, error: BaseException) -> None:
+        metrics.errors.labels(message[2], "kafka_refused").inc()
+        log.error(
+            "kafka refused an alert for good, dropped",
+            extra={"topic": topic, "rule": message[2], "error.type": type(error).__name__},
+        )
+
+    return await produce_acked(app, topic, messages, _as_record, refused)
+
+
+def _as_record(message: Message) -> Record:
+    return message[0], message[1], None
 
 
 def create_detections_app(config: Config, registry: CollectorRegistry) -> faust.App:

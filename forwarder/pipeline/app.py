@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -318,30 +318,60 @@ async def _send_all(
                 extra={"bytes": len(value), "kept_bytes": len(fit)},
             )
         fitted.append((key, fit, headers))
-    messages = fitted
+
+    def refused(message: Record, error: BaseException) -> None:
+        metrics.events_dropped.labels(type(error).__name__).inc()
+        log.error(
+            "kafka refused an event for good, dropped",
+            extra={"error.type": type(error).__name__, "error.message": str(error)},
+        )
+
+    await produce_acked(app, topic, fitted, _as_record, refused)
+
+
+Record = tuple[bytes | None, bytes, Any]
+"""Key, value and headers of a record produced straight to Faust's producer."""
+_M = TypeVar("_M")
+
+
+def _as_record(message: Record) -> Record:
+    return message
+
+
+async def produce_acked(
+    app: faust.App,
+    topic: str,
+    messages: Sequence[_M],
+    record: Callable[[_M], Record],
+    refused: Callable[[_M, BaseException], None],
+) -> list[_M]:
+    """Produce every message (as `record` makes it a Kafka record) and return those Kafka
+    acknowledged, once every one is settled.
+
+    A message Kafka refuses for good (failure class RECORD) is handed to `refused` and left out;
+    any other failure is retried, with back-off, until it succeeds. Sends are counted per round
+    into the app's sensor (they bypass `Topic.send`, which would count them one by one).
+    """
+    pending = list(messages)
+    done: list[_M] = []
     attempt = 0
     producer = app.producer
-    while messages:
-        futures = [
-            await producer.send(topic, key, value, None, None, headers)
-            for key, value, headers in messages
-        ]
+    while pending:
+        futures = []
+        for message in pending:
+            key, value, headers = record(message)
+            futures.append(await producer.send(topic, key, value, None, None, headers))
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = []
-        for message, result in zip(messages, results, strict=True):
+        for message, result in zip(pending, results, strict=True):
             if not isinstance(result, BaseException):
-                continue
-            failure = classify_kafka(result)
-            if failure is Failure.RECORD:
-                metrics.events_dropped.labels(type(result).__name__).inc()
-                log.error(
-                    "kafka refused an event for good, dropped",
-                    extra={"error.type": type(result).__name__, "error.message": str(result)},
-                )
-                continue
-            failed.append(message)
+                done.append(message)
+            elif classify_kafka(result) is Failure.RECORD:
+                refused(message, result)
+            else:
+                failed.append(message)
         if isinstance(app.monitor, FaustSensor):
-            app.monitor.count_sent(topic, len(messages), len(failed))
+            app.monitor.count_sent(topic, len(pending), len(failed))
         if failed:
             attempt += 1
             delay = min(30.0, 0.5 * 2**attempt)
@@ -350,4 +380,5 @@ async def _send_all(
                 extra={"topic": topic, "failed": len(failed), "retry_in": delay},
             )
             await asyncio.sleep(delay)
-        messages = failed
+        pending = failed
+    return done
