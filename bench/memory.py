@@ -16,13 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import hashlib
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import sample_bodies
 from bench.stack import memory_kib, mib, pipeline
-from forwarder import devbroker, records
+from bench.worker import iter_raw_records
+from forwarder import devbroker
 from tests.chaos.harness import samples_matching
 from tests.fakes.http_receiver import HttpReceiver
 from tests.fakes.server import AsgiServer
@@ -42,29 +41,6 @@ WORK_DIR = ROOT / ".run" / "bench-memory"
 STATE_DIR = ROOT / ".run" / "bench-memory-kafka"
 PARTITIONS = 8
 SHARES = (0.1, 0.25, 0.5, 1.0)
-Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
-
-
-def raw_records(start: int, n: int, base: int, bodies: list[dict[str, Any]]) -> Iterator[Record]:
-    """Records `start`..`start + n` of the run: distinct audit and record ids, keyed and with the
-    headers the ingest writes (as `bench.worker.raw_records`, in chunks)."""
-    for i in range(start, start + n):
-        body = bodies[i % len(bodies)]
-        inner = dict(body[body["event"]])
-        inner["id"] = str(base + i)
-        if "auditable_id" in inner:
-            inner["auditable_id"] = str(base + (1 << 30) + i)
-        value = orjson.dumps({**body, body["event"]: inner})
-        sha = hashlib.sha256(value).hexdigest()
-        headers = {
-            records.HEADER_RECEIVED_AT: records.utc_now_iso(),
-            records.HEADER_SOURCE: "webhook",
-            records.HEADER_SOURCE_IP: "203.0.113.7",
-            records.HEADER_TOKEN_ID: "bench",
-            records.HEADER_BODY_SHA256: sha,
-        }
-        key = records.record_key(orjson.loads(value), sha)
-        yield key, value, records.encode_headers(headers)
 
 
 def _log(message: str) -> None:
@@ -80,7 +56,7 @@ async def produce(bootstrap: str, topic: str, n: int, *, chunk: int = 20_000) ->
     await producer.start()
     try:
         for start in range(0, n, chunk):
-            rows = raw_records(start, min(chunk, n - start), base, bodies)
+            rows = iter_raw_records(start, min(chunk, n - start), base, bodies)
             futures = [await producer.send(topic, v, k, headers=h) for k, v, h in rows]
             await asyncio.gather(*futures)
     finally:

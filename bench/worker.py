@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,20 @@ Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
 def raw_records(n: int) -> list[Record]:
     """N distinct raw records cycling through the samples: unique audit and record ids."""
     bodies = [orjson.loads(body) for body in sample_bodies()]
-    base = int(time.time()) << 32
-    out: list[Record] = []
-    for i in range(n):
+    return list(iter_raw_records(0, n, int(time.time()) << 32, bodies))
+
+
+def iter_raw_records(
+    start: int, n: int, base: int, bodies: list[dict[str, Any]]
+) -> Iterator[Record]:
+    """Records `start`..`start + n` of a run numbered from `base`: distinct audit and record
+    ids (over runs of up to 2**30 records), keyed and with the headers the ingest writes."""
+    for i in range(start, start + n):
         body = bodies[i % len(bodies)]
         inner = dict(body[body["event"]])
         inner["id"] = str(base + i)
         if "auditable_id" in inner:
-            inner["auditable_id"] = str(base + 1_000_000_000 + i)
+            inner["auditable_id"] = str(base + (1 << 30) + i)
         value = orjson.dumps({**body, body["event"]: inner})
         sha = hashlib.sha256(value).hexdigest()
         headers = {
@@ -58,8 +65,7 @@ def raw_records(n: int) -> list[Record]:
             records.HEADER_BODY_SHA256: sha,
         }
         key = records.record_key(orjson.loads(value), sha)
-        out.append((key, value, records.encode_headers(headers)))
-    return out
+        yield key, value, records.encode_headers(headers)
 
 
 async def prepare_topics(bootstrap: str, raw: str, events: str, rows: list[Record]) -> None:

@@ -7,8 +7,8 @@ import os
 import orjson
 
 from bench import sample_bodies
-from bench.memory import raw_records
 from bench.stack import memory_kib, mib
+from bench.worker import iter_raw_records as raw_records
 
 
 def test_memory_of_this_process_and_of_none() -> None:
