@@ -23,7 +23,7 @@ import contextlib
 import re
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.sinks import sentinel_entry, served
 from bench.stack import memory_kib, mib, pipeline
 from tests.chaos.harness import Load, samples_matching
 from tests.fakes.elasticsearch import FakeElasticsearch
 from tests.fakes.http_receiver import HttpReceiver
 from tests.fakes.sentinel import FakeAzure
-from tests.fakes.server import AsgiServer
 from tests.fakes.splunk_hec import FakeHec
 from tests.receivers.rsyslog import Rsyslog, rsyslogd_path
 
@@ -192,12 +192,6 @@ class _TopicTimes:
         await self.consumer.stop()
 
 
-@contextlib.contextmanager
-def _served(app: Any) -> Iterator[str]:
-    with AsgiServer(app) as server:
-        yield server.url
-
-
 def receivers(
     kinds: list[str], tmp: Path, bootstrap: str, prefix: str, stack: contextlib.ExitStack
 ) -> list[Arrivals]:
@@ -212,7 +206,7 @@ def receivers(
             out.append(Arrivals(kind, {"name": name, **entry}, _Lines(path, _ecs_id)))
         elif kind == "http":
             http = HttpReceiver()
-            url = stack.enter_context(_served(http))
+            url = stack.enter_context(served(http))
             start = [0]
 
             async def http_ids(http: HttpReceiver = http, start: list[int] = start) -> Any:
@@ -225,7 +219,7 @@ def receivers(
         elif kind.startswith("splunk_hec"):
             acks = kind != "splunk_hec"
             hec = FakeHec(ack=acks)
-            url = stack.enter_context(_served(hec))
+            url = stack.enter_context(served(hec))
             start = [0]
 
             async def hec_ids(hec: FakeHec = hec, start: list[int] = start) -> Any:
@@ -238,7 +232,7 @@ def receivers(
             out.append(Arrivals(kind, {"name": name, **entry}, hec_ids))
         elif kind == "elasticsearch":
             es = FakeElasticsearch()
-            url = stack.enter_context(_served(es))
+            url = stack.enter_context(served(es))
             known: set[tuple[str, str]] = set()
 
             async def es_ids(
@@ -257,22 +251,13 @@ def receivers(
             out.append(Arrivals(kind, {"name": name, "type": "elasticsearch", "url": url}, es_ids))
         elif kind == "sentinel":
             azure = FakeAzure()
-            url = stack.enter_context(_served(azure))
+            url = stack.enter_context(served(azure))
             start = [0]
 
             async def rows(azure: FakeAzure = azure, start: list[int] = start) -> Any:
                 return _stamped([_ecs_id(r.get("Event")) for r in _taken(azure.rows, start)])
 
-            entry = {
-                "type": "sentinel",
-                "dce_endpoint": url,
-                "dcr_immutable_id": azure.dcr_immutable_id,
-                "tenant_id": azure.tenant_id,
-                "client_id": azure.client_id,
-                "client_secret": azure.client_secret,
-                "token_url": url + azure.token_path,
-            }
-            out.append(Arrivals(kind, {"name": name, **entry}, rows))
+            out.append(Arrivals(kind, {"name": name, **sentinel_entry(azure, url)}, rows))
         elif kind == "syslog":
             rsyslog = stack.enter_context(Rsyslog(tmp / "rsyslog"))
             entry = {"type": "syslog", "host": "127.0.0.1", "port": rsyslog.tcp_port}

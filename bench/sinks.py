@@ -129,9 +129,23 @@ class _LineCounter:
 
 
 @contextlib.contextmanager
-def _served(app: Any) -> Iterator[str]:
+def served(app: Any) -> Iterator[str]:
+    """A fake receiver (an ASGI app) served on 127.0.0.1 while the block runs; its URL."""
     with AsgiServer(app) as server:
         yield server.url
+
+
+def sentinel_entry(azure: FakeAzure, url: str) -> dict[str, Any]:
+    """A Sentinel sink's settings for the fake Entra and Logs Ingestion API served at `url`."""
+    return {
+        "type": "sentinel",
+        "dce_endpoint": url,
+        "dcr_immutable_id": azure.dcr_immutable_id,
+        "tenant_id": azure.tenant_id,
+        "client_id": azure.client_id,
+        "client_secret": azure.client_secret,
+        "token_url": url + azure.token_path,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -162,7 +176,7 @@ async def receiver(kind: str, tmp: Path, bootstrap: str, out_topic: str) -> Asyn
             lines += sum(r.body.count(b"\n") for r in taken if 200 <= r.status < 300)
             return lines
 
-        with _served(http) as url:
+        with served(http) as url:
             yield Receiver({"type": "http", "url": f"{url}/events"}, count_http)
     elif kind == "splunk_hec":
         hec = FakeHec()
@@ -171,7 +185,7 @@ async def receiver(kind: str, tmp: Path, bootstrap: str, out_topic: str) -> Asyn
         async def count_hec() -> int:
             return len(hec.events)
 
-        with _served(hec) as url:
+        with served(hec) as url:
             entry = {"type": "splunk_hec", "url": url, "token": token, "gzip": True}
             yield Receiver({**entry, "acknowledgement": {"enabled": False}}, count_hec)
     elif kind == "elasticsearch":
@@ -180,7 +194,7 @@ async def receiver(kind: str, tmp: Path, bootstrap: str, out_topic: str) -> Asyn
         async def count_es() -> int:
             return sum(len(docs) for docs in es.documents.values())
 
-        with _served(es) as url:
+        with served(es) as url:
             yield Receiver({"type": "elasticsearch", "url": url}, count_es)
     elif kind == "sentinel":
         azure = FakeAzure()
@@ -188,17 +202,8 @@ async def receiver(kind: str, tmp: Path, bootstrap: str, out_topic: str) -> Asyn
         async def count_rows() -> int:
             return len(azure.rows)
 
-        with _served(azure) as url:
-            entry = {
-                "type": "sentinel",
-                "dce_endpoint": url,
-                "dcr_immutable_id": azure.dcr_immutable_id,
-                "tenant_id": azure.tenant_id,
-                "client_id": azure.client_id,
-                "client_secret": azure.client_secret,
-                "token_url": url + azure.token_path,
-            }
-            yield Receiver(entry, count_rows)
+        with served(azure) as url:
+            yield Receiver(sentinel_entry(azure, url), count_rows)
     elif kind == "syslog":
         with Rsyslog(tmp / "rsyslog") as rsyslog:
             entry = {"type": "syslog", "host": "127.0.0.1", "port": rsyslog.tcp_port}
