@@ -41,7 +41,12 @@ import forwarder
 from forwarder import devbroker
 from forwarder.config import Config, parse
 from tests.chaos.proxy import ChaosProxy
-from tests.integration.conftest import stack_config, wait_http_ok, wait_worker_settled
+from tests.integration.conftest import (
+    stack_config,
+    stop_processes,
+    wait_http_ok,
+    wait_worker_settled,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_SAMPLES = ROOT.parent / "shared" / "aha" / "samples"
@@ -751,15 +756,7 @@ class Pipeline:
 
     def stop(self) -> None:
         """SIGTERM every process, SIGKILL what does not stop in 30 s."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_processes(self.processes.values())
 
 
 def scrape(url: str, name: str, **labels: str) -> float | None:

@@ -23,7 +23,12 @@ import pytest
 import yaml
 
 from forwarder.config import parse
-from tests.integration.conftest import stack_config, wait_http_ok, wait_worker_settled
+from tests.integration.conftest import (
+    stack_config,
+    stop_processes,
+    wait_http_ok,
+    wait_worker_settled,
+)
 from tests.integration.kafka_io import read_topic
 from tests.integration.test_prometheus_scrape import parse_expression
 
@@ -179,14 +184,7 @@ class AlertStack:
         raise LookupError("no detections process")
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes.values())
 
 
 @pytest.fixture

@@ -24,7 +24,13 @@ import yaml
 from forwarder.config import parse
 from forwarder.core.dedupe import change_key, user_key
 from tests.helpers import SAMPLES
-from tests.integration.conftest import free_port, stack_config, wait_http_ok, wait_worker_settled
+from tests.integration.conftest import (
+    free_port,
+    stack_config,
+    stop_processes,
+    wait_http_ok,
+    wait_worker_settled,
+)
 from tests.integration.kafka_io import read_topic
 
 pytestmark = pytest.mark.integration
@@ -88,14 +94,7 @@ class Cluster:
         return [orjson.loads(record.value) for record in records]
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes.values())
 
 
 WINDOW = {"mode": "window", "window_seconds": 4, "window_check_interval_seconds": 0.5}

@@ -30,6 +30,7 @@ from tests.fakes.http_receiver import HttpReceiver
 from tests.fakes.server import AsgiServer
 from tests.integration.conftest import (
     stack_config,
+    stop_processes,
     wait_http_ok,
     wait_worker_settled,
 )
@@ -131,14 +132,7 @@ class Pipeline:
         )
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes.values())
 
 
 @contextmanager
